@@ -1,0 +1,1 @@
+"""The ``polyinf`` accelerator target: NeuronCore ISA, codegen, simulator and hardware configs."""
