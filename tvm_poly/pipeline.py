@@ -1,0 +1,497 @@
+"""The polyinf Relax pipeline: how ``tvm.compile(mod, target="polyinf")`` offloads.
+
+Hook
+----
+TVM 0.27 builds Relax with ``relax.get_pipeline("default")``, i.e.
+``relax.pipeline.PIPELINE_MAP["default"]()``, and runs the returned pass inside
+``with target:``.  :func:`install_hook` (called at ``import tvm`` by the entry point)
+wraps the ``"default"`` and ``"default_build"`` factories: the wrapped pass looks at
+``Target.current()`` when it runs and, for a target whose keys contain ``polyinf``,
+first applies :class:`PolyinfPartition`, then the original pipeline.  Other targets
+are untouched.  An explicit ``relax_pipeline=<Pass>`` bypasses the hook; add
+``PolyinfPartition()`` to your own pipeline in that case.
+
+Partition
+---------
+:class:`PolyinfPartition` is a module pass.  It turns ``main``'s dataflow block into an
+:class:`OpGraph` (``tvm_poly.graph.graph_from_relax``), orders the bindings so that
+supported operators form maximal runs (a topological order that stays on the device
+while it can), compiles each run with ``tvm_poly.driver.compile_graph`` and replaces
+it by one ``relax.call_dps_packed("polyinf.run", [key, program, *inputs, *constants])``.
+The program (text from ``target.program_text.format_program``, plus a JSON header:
+HBM bindings, planner, dtype, hardware config source, host operators) travels as a
+zlib-compressed ``uint8`` Relax constant, the weights as Relax constants, so
+``export_library`` round-trips.  Unsupported operators stay on the host (llvm) and
+are listed in the report's ``host_ops``.
+
+Options
+-------
+Planner and dtype are compile options, not target fields (TVM refuses custom target
+attributes and PassContext keys cannot be registered from Python)::
+
+    with tvm_poly.options(planner="per-op", dtype="bfloat16"):
+        ex = tvm.compile(mod, target="polyinf")
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import json
+import time
+import zlib
+
+from .errors import OptionError, PlannerError, TvmPolyError
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+DEFAULT_OPTIONS = {"planner": "per-op", "dtype": "float32"}
+RUN_FUNC = "polyinf.run"
+FORMAT_VERSION = 1
+
+_OPTIONS = contextvars.ContextVar("tvm_poly_options", default=dict(DEFAULT_OPTIONS))
+
+
+def known_planners() -> tuple[str, ...]:
+    try:
+        from . import driver
+    except ImportError:
+        return ("per-op",)
+    names = getattr(driver, "PLANNERS", None)
+    return tuple(names) if names else ("per-op",)
+
+
+def check_planner(planner: str) -> str:
+    names = known_planners()
+    if planner not in names:
+        raise PlannerError(f"unknown planner {planner!r}; known: {', '.join(names)}")
+    return planner
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise OptionError(f"unknown dtype {dtype!r}; expected float32 or bfloat16")
+    return DTYPES[dtype]
+
+
+@contextlib.contextmanager
+def options(planner: str | None = None, dtype: str | None = None):
+    """Compile options for polyinf builds inside the ``with`` block (nestable)."""
+    new = dict(_OPTIONS.get())
+    if planner is not None:
+        new["planner"] = check_planner(planner)
+    if dtype is not None:
+        new["dtype"] = check_dtype(dtype)
+    token = _OPTIONS.set(new)
+    try:
+        yield dict(new)
+    finally:
+        _OPTIONS.reset(token)
+
+
+def current_options() -> dict:
+    return dict(_OPTIONS.get())
+
+
+# ---------------------------------------------------------------------------- hook
+def _wrap_factory(orig_factory):
+    import tvm
+
+    def factory(*args, **kwargs):
+        orig_pass = orig_factory(*args, **kwargs)
+
+        @tvm.transform.module_pass(opt_level=0, name="PolyinfDispatch")
+        def _dispatch(mod, _ctx):
+            from .targets import is_polyinf
+
+            target = tvm.target.Target.current(allow_none=True)
+            if is_polyinf(target):
+                mod = _pass_class()(target=target)(mod)
+            return orig_pass(mod)
+
+        return _dispatch
+
+    factory.__polyinf_orig__ = orig_factory
+    factory.__doc__ = getattr(orig_factory, "__doc__", None)
+    return factory
+
+
+def install_hook() -> None:
+    """Wrap relax PIPELINE_MAP["default"] / ["default_build"] (idempotent)."""
+    from tvm.relax import pipeline as rp
+
+    for name in ("default", "default_build"):
+        f = rp.PIPELINE_MAP.get(name)
+        if f is not None and not hasattr(f, "__polyinf_orig__"):
+            rp.PIPELINE_MAP[name] = _wrap_factory(f)
+
+
+def uninstall_hook() -> None:
+    from tvm.relax import pipeline as rp
+
+    for name, f in list(rp.PIPELINE_MAP.items()):
+        if hasattr(f, "__polyinf_orig__"):
+            rp.PIPELINE_MAP[name] = f.__polyinf_orig__
+
+
+# ---------------------------------------------------------------------------- serialise
+def pack_blob(header: dict, program_text: str) -> bytes:
+    head = json.dumps(header, sort_keys=True).encode()
+    return zlib.compress(len(head).to_bytes(8, "little") + head + program_text.encode(), 6)
+
+
+def unpack_blob(blob: bytes) -> tuple[dict, str]:
+    raw = zlib.decompress(bytes(blob))
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n].decode()), raw[8 + n:].decode()
+
+
+# ---------------------------------------------------------------------------- compile info
+_LAST_COMPILE: dict = {}
+
+
+def last_compile() -> dict:
+    """Summary of the most recent polyinf partition (segments, host_ops, timing)."""
+    return dict(_LAST_COMPILE)
+
+
+# ---------------------------------------------------------------------------- the pass
+def _binding_deps(binding, bound: set) -> list:
+    from tvm import relax
+
+    value = binding.value
+    return [v for v in relax.analysis.free_vars(value) if v in bound]
+
+
+def _order_bindings(bindings, is_dev):
+    """Topological order of a dataflow block's bindings that keeps device runs maximal.
+
+    Kahn's algorithm; among ready bindings prefer the current mode (device/host), and
+    the original order as tie-break, so unrelated host ops do not split device runs."""
+    n = len(bindings)
+    index = {b.var: i for i, b in enumerate(bindings)}
+    bound = set(index)
+    preds = [set() for _ in range(n)]
+    succs = [set() for _ in range(n)]
+    for i, b in enumerate(bindings):
+        for v in _binding_deps(b, bound):
+            j = index[v]
+            if j != i:
+                preds[i].add(j)
+                succs[j].add(i)
+    import heapq
+
+    indeg = [len(p) for p in preds]
+    ready_dev, ready_host = [], []
+    for i in range(n):
+        if indeg[i] == 0:
+            heapq.heappush(ready_dev if is_dev[i] else ready_host, i)
+    order, mode = [], True
+    while ready_dev or ready_host:
+        if mode and ready_dev or not ready_host:
+            i = heapq.heappop(ready_dev)
+            mode = True
+        else:
+            i = heapq.heappop(ready_host)
+            mode = not ready_host and bool(ready_dev)
+        order.append(i)
+        for j in succs[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                heapq.heappush(ready_dev if is_dev[j] else ready_host, j)
+    # Prefer finishing host work before starting the next device run: the loop above
+    # switches to host only when no device op is ready, which is what maximal runs need.
+    return order
+
+
+def _runs(order, is_dev):
+    """Split an order into [(is_device, [indices])] maximal runs."""
+    runs = []
+    for i in order:
+        if runs and runs[-1][0] == is_dev[i]:
+            runs[-1][1].append(i)
+        else:
+            runs.append((is_dev[i], [i]))
+    return runs
+
+
+class _Segment:
+    def __init__(self, index, binding_ids):
+        self.index = index
+        self.binding_ids = binding_ids
+
+
+def _import_backend():
+    try:
+        from . import driver, graph
+    except ImportError as e:  # codegen not installed: nothing can be offloaded
+        raise TvmPolyError(f"polyinf code generator unavailable: {e}") from e
+    return graph, driver
+
+
+def _const_expr(array):
+    import numpy as np
+    from tvm import relax
+
+    a = np.ascontiguousarray(array)
+    if a.dtype.name == "bfloat16":
+        a = a.view(np.uint16)
+    return relax.const(a)
+
+
+def _dtype_tag(array) -> str:
+    return "bfloat16" if array.dtype.name == "bfloat16" else str(array.dtype)
+
+
+def partition_module(mod, target, planner: str, dtype: str, backend=None):
+    """The work of :class:`PolyinfPartition` (see the module docstring)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from .targets import config_spec, load_hardware_config
+
+    t0 = time.perf_counter()
+    check_planner(planner)
+    dtype = check_dtype(dtype)
+    spec = config_spec(target)
+    config = load_hardware_config(spec)
+    graph_mod, driver = backend or _import_backend()
+
+    gv = mod.get_global_var("main") if any(g.name_hint == "main" for g in mod.get_global_vars()) else None
+    info = {"planner": planner, "dtype": dtype, "config": getattr(config, "name", spec),
+            "segments": [], "host_ops": [], "device_ops": 0}
+    if gv is None:
+        _LAST_COMPILE.clear(); _LAST_COMPILE.update(info)
+        return mod
+    func = mod[gv]
+    if not isinstance(func, relax.Function):
+        return mod
+
+    graph = graph_mod.graph_from_relax(mod)
+    nodes = list(_graph_nodes(graph))
+    by_var = {}
+    for node in nodes:
+        by_var[_node_var_name(node)] = node
+    info["host_ops"] = [
+        {"name": n.name, "op": _node_op(n), "reason": str(getattr(n, "reason", "") or "")}
+        for n in nodes if not n.supported]
+    info["device_ops"] = sum(1 for n in nodes if n.supported)
+
+    body = func.body
+    new_blocks = []
+    seg_count = 0
+    plan_blocks = []
+    for block in body.blocks:
+        if not isinstance(block, relax.DataflowBlock):
+            plan_blocks.append((block, None))
+            continue
+        bindings = list(block.bindings)
+        is_dev = []
+        for b in bindings:
+            node = by_var.get(b.var.name_hint)
+            is_dev.append(bool(node is not None and node.supported
+                               and isinstance(b, relax.VarBinding)))
+        order = _order_bindings(bindings, is_dev)
+        runs = _runs(order, is_dev)
+        plan_blocks.append((block, (bindings, runs)))
+        seg_count += sum(1 for dev, _ in runs if dev)
+
+    if seg_count == 0:
+        info["compile_s"] = time.perf_counter() - t0
+        _LAST_COMPILE.clear(); _LAST_COMPILE.update(info)
+        return mod
+
+    config_source = getattr(config, "source", None)
+    config_text = None
+    if spec not in ("inf1", "inf2"):
+        with open(spec, encoding="utf-8") as f:
+            config_text = f.read()
+
+    seg_index = 0
+    for block, plan in plan_blocks:
+        if plan is None:
+            new_blocks.append(block)
+            continue
+        bindings, runs = plan
+        new_bindings = []
+        for dev, ids in runs:
+            if not dev:
+                new_bindings.extend(bindings[i] for i in ids)
+                continue
+            seg_vars = {bindings[i].var for i in ids}
+            used_later = _used_outside(body, bindings, seg_vars, ids)
+            names = [by_var[bindings[i].var.name_hint].name for i in ids]
+            sub = graph.subgraph(names)
+            try:
+                cp = driver.compile_graph(sub, config, planner=planner, dtype=dtype)
+            except TvmPolyError:
+                raise
+            new_bindings.extend(_emit_segment(
+                cp, seg_index, seg_count, bindings, ids, used_later, func, info, spec,
+                config_text, planner, dtype))
+            info["segments"].append({"index": seg_index, "ops": names,
+                                     "instructions": cp.program.num_instructions})
+            seg_index += 1
+        new_blocks.append(relax.DataflowBlock(new_bindings))
+
+    new_body = relax.SeqExpr(new_blocks, body.body)
+    new_func = relax.Function(func.params, new_body, func.ret_ty, func.is_pure, func.attrs)
+    out = mod.clone()
+    out[gv] = new_func
+    out = relax.transform.Normalize()(out)
+    info["compile_s"] = time.perf_counter() - t0
+    _LAST_COMPILE.clear(); _LAST_COMPILE.update(info)
+    return out
+
+
+def _graph_nodes(graph):
+    nodes = getattr(graph, "nodes")
+    if isinstance(nodes, dict):
+        return nodes.values()
+    return nodes
+
+
+def _node_var_name(node) -> str:
+    for attr in ("var_name", "output", "name"):
+        v = getattr(node, attr, None)
+        if isinstance(v, str):
+            return v
+    return node.name
+
+
+def _node_op(node) -> str:
+    for attr in ("op", "op_type", "kind"):
+        v = getattr(node, attr, None)
+        if v is not None:
+            return str(v)
+    return "?"
+
+
+def _used_outside(body, bindings, seg_vars, ids):
+    """Segment vars used by bindings outside the segment or by the block's result."""
+    from tvm import relax
+
+    idset = set(ids)
+    used = set()
+    for i, b in enumerate(bindings):
+        if i in idset:
+            continue
+        for v in relax.analysis.free_vars(b.value):
+            if v in seg_vars:
+                used.add(v)
+    for v in relax.analysis.free_vars(body.body):
+        if v in seg_vars:
+            used.add(v)
+    # vars of later blocks
+    for blk in body.blocks:
+        for b in blk.bindings:
+            if b.var in seg_vars:
+                continue
+    return used
+
+
+def _emit_segment(cp, seg_index, seg_count, bindings, ids, used_later, func, info, spec,
+                  config_text, planner, dtype):
+    """Bindings that replace one device segment."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from target.program_text import format_program
+
+    # map graph tensor names -> relax expressions visible before the segment
+    name_to_expr = {p.name_hint: p for p in func.params}
+    seg_vars = {}
+    for i, b in enumerate(bindings):
+        name_to_expr.setdefault(b.var.name_hint, b.var)
+        if i in set(ids):
+            seg_vars[b.var.name_hint] = b.var
+
+    in_exprs = []
+    for hbm_name, tname in cp.inputs:
+        expr = name_to_expr.get(tname)
+        if expr is None:
+            raise TvmPolyError(f"polyinf segment input {tname!r} not found in main")
+        in_exprs.append(expr)
+    const_names = sorted(cp.constants)
+    const_exprs = [_const_expr(cp.constants[k]) for k in const_names]
+    out_vars = []
+    for hbm_name, tname in cp.outputs:
+        v = seg_vars.get(tname)
+        if v is None:
+            raise TvmPolyError(f"polyinf segment output {tname!r} is not a segment binding")
+        out_vars.append(v)
+
+    header = {
+        "version": FORMAT_VERSION,
+        "segment": seg_index, "num_segments": seg_count,
+        "inputs": [list(x) for x in cp.inputs],
+        "constants": [[k, _dtype_tag(cp.constants[k])] for k in const_names],
+        "outputs": [list(x) for x in cp.outputs],
+        "planner": planner, "dtype": dtype,
+        "config": spec if config_text is None else spec,
+        "config_text": config_text,
+        "host_ops": info["host_ops"],
+    }
+    text = format_program(cp.program)
+    blob = pack_blob(header, text)
+    key = hashlib.sha256(blob).hexdigest()[:24]
+    blob_const = relax.const(np.frombuffer(blob, dtype=np.uint8).copy())
+    out_types = [v.ty for v in out_vars]
+    args = [tvm.ir.StringImm(key), blob_const, *in_exprs, *const_exprs]
+    call = relax.call_dps_packed(RUN_FUNC, args, out_types if len(out_types) > 1 else out_types[0])
+    new = []
+    if len(out_vars) == 1:
+        new.append(relax.VarBinding(out_vars[0], call))
+    else:
+        tup = relax.DataflowVar(f"polyinf_seg{seg_index}", relax.TupleType(out_types))
+        new.append(relax.VarBinding(tup, call))
+        for k, v in enumerate(out_vars):
+            new.append(relax.VarBinding(v, relax.TupleGetItem(tup, k)))
+    return new
+
+
+def _make_pass_class():
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="PolyinfPartition")
+    class PolyinfPartition:
+        """Offload maximal supported segments of ``main`` to the simulated NeuronCore.
+
+        ``target`` defaults to ``Target.current()``; ``planner``/``dtype`` default to
+        :func:`options`."""
+
+        def __init__(self, target=None, planner=None, dtype=None, backend=None):
+            self.target = target
+            self.planner = planner
+            self.dtype = dtype
+            self.backend = backend
+
+        def transform_module(self, mod, _ctx):
+            from .targets import make_target
+
+            target = self.target
+            if target is None:
+                target = tvm.target.Target.current(allow_none=True)
+            target = make_target(target if target is not None else "polyinf")
+            opts = current_options()
+            return partition_module(mod, target, self.planner or opts["planner"],
+                                    self.dtype or opts["dtype"], backend=self.backend)
+
+    return PolyinfPartition
+
+
+_PASS_CLASS = None
+
+
+def _pass_class():
+    global _PASS_CLASS
+    if _PASS_CLASS is None:
+        _PASS_CLASS = _make_pass_class()
+    return _PASS_CLASS
+
+
+def __getattr__(name):
+    if name == "PolyinfPartition":  # created lazily: importing tvm here would be circular
+        return _pass_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
