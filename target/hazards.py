@@ -1,0 +1,171 @@
+"""Happens-before data-race detection.
+
+**Happens-before.**  Program order within a stream, plus semaphore edges.  Semaphores only count
+up (by one per ``signals`` entry, at completion).  A ``Wait(sem, v)`` is guaranteed to follow
+``v`` completed signals, but with several signalling streams not *which* ones; the sound edge is:
+for each stream ``t`` that signals ``sem``, let ``other`` be the total number of signals of
+``sem`` by all other streams in the whole program; if ``k = v - other >= 1`` then the ``k``-th
+signal of ``sem`` in ``t``'s program order happens before the waiter.  (With a single signalling
+stream this is exactly "the v-th signal".)  Each instruction gets a vector clock, the join of its
+predecessor's and those signallers' clocks; A happens before B iff ``VC(B)[stream(A)] > index(A)``.
+
+**Race check.**  Every access (instruction, memory, read/write, access pattern) is compared with
+the earlier accesses of the same memory that are still *live*; two accesses from different
+streams, at least one a write, whose bytes overlap and that are not ordered by happens-before are
+a race.  Accesses are kept per memory in pages of the per-partition byte space (SBUF/PSUM) or of
+flat HBM; a candidate pair is first compared by its bounding box (partition range x byte range),
+and only when the boxes overlap and the pair is unordered are the exact byte sets compared.
+An earlier access A is dropped when a later dense access B covers A's box, A happens before B, and
+B is a write (or both are reads): any future access racing with A then also races with B.
+HBM bytes that no instruction ever writes are not tracked at all (reads cannot race).
+The instructions are examined in the simulator's commit order, a linearisation of happens-before.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import RaceError
+from .isa import Mem
+from .memory import ap_dense, ap_element_offsets, ap_extent
+
+_PAGE = {Mem.SBUF: 4096, Mem.PSUM: 2048, Mem.HBM: 65536}
+
+
+class HazardChecker:
+    def __init__(self, sim):
+        self.sim = sim
+        self.S = len(sim.decoded)
+        # signal positions: sem -> stream -> [instr index, ...] in program order (with repetition)
+        self.sig_pos: dict[str, dict[int, list[int]]] = {}
+        for sem, lst in sim.sem_signals.items():
+            per = self.sig_pos.setdefault(sem, {})
+            for s, i in lst:
+                per.setdefault(s, []).append(i)
+        self.sig_tot = {sem: sum(len(v) for v in per.values()) for sem, per in self.sig_pos.items()}
+        self.vc: list[list] = [[None] * len(dl) for dl in sim.decoded]
+        self.pages = {Mem.SBUF: {}, Mem.PSUM: {}, Mem.HBM: {}}
+        # HBM byte intervals that some instruction writes (bounding boxes), merged
+        iv = []
+        for dl in sim.decoded:
+            for d in dl:
+                for ap in d.writes:
+                    if ap.mem == Mem.HBM:
+                        iv.append(ap_extent(ap))
+        iv.sort()
+        merged = []
+        for a, b in iv:
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        self.hbm_written = merged
+        self._hbm_lo = [m[0] for m in merged]
+
+    def _hbm_tracked(self, lo, hi) -> bool:
+        import bisect
+        k = bisect.bisect_right(self._hbm_lo, hi - 1) - 1
+        return k >= 0 and self.hbm_written[k][1] > lo
+
+    def _clock(self, d) -> list:
+        s, i = d.s, d.i
+        if i > 0:
+            vc = list(self.vc[s][i - 1])
+        else:
+            vc = [0] * self.S
+        for sem, v in d.waits:
+            per = self.sig_pos.get(sem)
+            if not per:
+                continue
+            tot = self.sig_tot[sem]
+            for t, idxs in per.items():
+                k = v - (tot - len(idxs))
+                if k >= 1:
+                    j = idxs[k - 1]
+                    other = self.vc[t][j]
+                    if other is None:  # cannot happen in a valid linearisation
+                        continue
+                    vc = [a if a >= b else b for a, b in zip(vc, other)]
+        vc[s] = i + 1
+        return vc
+
+    def commit(self, d) -> None:
+        vc = self._clock(d)
+        self.vc[d.s][d.i] = vc
+        for ap in d.reads:
+            self._access(d, vc, ap, False)
+        for ap in d.writes:
+            self._access(d, vc, ap, True)
+
+    def _access(self, d, vc, ap, write: bool):
+        mem = ap.mem
+        lo, hi = ap_extent(ap)
+        if mem == Mem.HBM:
+            p0, p1 = 0, 1
+            if not write and not self._hbm_tracked(lo, hi):
+                return
+        else:
+            p0, p1 = ap.start_partition, ap.start_partition + ap.num_partitions
+        dense = ap_dense(ap)
+        pg = _PAGE[mem]
+        pages = self.pages[mem]
+        s = d.s
+        entry = [p0, p1, lo, hi, s, d.i, write, ap, dense, True, d]
+        for page in range(lo // pg, (hi - 1) // pg + 1):
+            lst = pages.get(page)
+            if lst is None:
+                pages[page] = [entry]
+                continue
+            removed = False
+            for e in lst:
+                if not e[9]:
+                    removed = True
+                    continue
+                if e[0] >= p1 or p0 >= e[1] or e[2] >= hi or lo >= e[3]:
+                    continue
+                es = e[4]
+                hb = es == s or vc[es] > e[5]
+                if hb:
+                    # domination: this dense access covers e, e happens before it
+                    if dense and (write or not e[6]) and p0 <= e[0] and e[1] <= p1 and lo <= e[2] and e[3] <= hi:
+                        e[9] = False
+                        removed = True
+                    continue
+                if not (write or e[6]):
+                    continue
+                if (e[8] and dense) or _exact_overlap(e[7], ap, mem):
+                    self._race(e, d, ap, write, mem)
+            if removed:
+                lst[:] = [e for e in lst if e[9]]
+            lst.append(entry)
+
+    def _race(self, e, d, ap, write, mem):
+        from .simulator import _text
+        other = e[10]
+        k1 = "writes" if e[6] else "reads"
+        k2 = "writes" if write else "reads"
+        raise RaceError(f"data race on {mem.value}: {other.where} ({_text(other.ins)}) {k1} bytes that this "
+                        f"instruction {k2}, and no semaphore path orders them",
+                        where=d.where, text=_text(d.ins))
+
+
+def _exact_overlap(a, b, mem) -> bool:
+    """Do the two APs (same memory, overlapping partition ranges) share a byte?"""
+    la, ha = ap_extent(a)
+    lb, hb = ap_extent(b)
+    w0, w1 = max(la, lb), min(ha, hb)
+    if w0 >= w1:
+        return False
+    if mem == Mem.HBM:
+        pass  # flat offsets include the partition dim
+    W = w1 - w0
+    masks = []
+    for ap in (a, b):
+        offs = ap_element_offsets(ap)
+        m = np.zeros(W + ap.itemsize, dtype=bool)
+        sel = offs[(offs + ap.itemsize > w0) & (offs < w1)] - w0
+        for k in range(ap.itemsize):
+            idx = sel + k
+            idx = idx[(idx >= 0) & (idx < W)]
+            m[idx] = True
+        masks.append(m[:W])
+    return bool((masks[0] & masks[1]).any())

@@ -1,0 +1,130 @@
+"""The core's memories as real NumPy byte arrays, with shadow "written" bitmaps.
+
+* SBUF: ``partitions x bytes_per_partition`` uint8 array.
+* PSUM: ``partitions x (banks * bank_bytes)`` uint8 array.
+* HBM: one flat uint8 array over the *program's used extent* (the end of its last HbmTensor), not
+  the config's full size; every address is checked against both that extent and the config's
+  HBM size.
+
+An access pattern becomes an ``np.ndarray`` view (no copy) onto the byte array with the AP's
+shape, strides and dtype; the same geometry over the shadow array (one flag per byte) tells
+whether every byte read was ever written.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+from .isa import AP, Mem
+
+NP_DTYPES = {"fp32": np.dtype(np.float32), "bf16": np.dtype(ml_dtypes.bfloat16),
+             "fp16": np.dtype(np.float16), "int32": np.dtype(np.int32)}
+
+
+def ap_extent(ap: AP) -> tuple[int, int]:
+    """[lo, hi) byte range of the AP inside one partition (SBUF/PSUM) or in flat HBM."""
+    isz = ap.itemsize
+    lo = hi = 0
+    dims = list(zip(ap.sizes, ap.strides))
+    if ap.mem == Mem.HBM:
+        dims.append((ap.num_partitions, ap.partition_stride))
+    for n, s in dims:
+        d = (n - 1) * s
+        if d < 0:
+            lo += d
+        else:
+            hi += d
+    return ap.offset + lo * isz, ap.offset + hi * isz + isz
+
+
+def ap_dense(ap: AP) -> bool:
+    """True when the AP touches every byte of its extent exactly once."""
+    dims = [(abs(s), n) for n, s in zip(ap.sizes, ap.strides) if n > 1]
+    if ap.mem == Mem.HBM and ap.num_partitions > 1:
+        dims.append((abs(ap.partition_stride), ap.num_partitions))
+    dims.sort()
+    run = 1
+    for s, n in dims:
+        if s != run:
+            return False
+        run *= n
+    return True
+
+
+def ap_element_offsets(ap: AP) -> np.ndarray:
+    """Byte offsets (within a partition, or flat for HBM) of every element, as int64."""
+    isz = ap.itemsize
+    off = np.zeros((1,), dtype=np.int64) + ap.offset
+    dims = list(zip(ap.sizes, ap.strides))
+    if ap.mem == Mem.HBM:
+        dims.insert(0, (ap.num_partitions, ap.partition_stride))
+    for n, s in dims:
+        off = (off[:, None] + np.arange(n, dtype=np.int64)[None, :] * (s * isz)).reshape(-1)
+    return off
+
+
+class Memory:
+    """One memory: bytes + written-flags. ``rows`` partitions of ``row_bytes`` (HBM: rows=1)."""
+
+    def __init__(self, kind: Mem, rows: int, row_bytes: int, limit: int | None = None):
+        self.kind = kind
+        self.rows = rows
+        self.row_bytes = row_bytes
+        self.limit = limit  # HBM only: the config's HBM size
+        self.data = np.zeros((rows, row_bytes), dtype=np.uint8)
+        self.written = np.zeros((rows, row_bytes), dtype=np.uint8)
+
+    # ---------------------------------------------------------------- geometry
+    def check(self, ap: AP) -> str | None:
+        """Return a description of what is out of range, or None."""
+        if ap.mem != self.kind:
+            return f"operand in {ap.mem.value} checked against {self.kind.value}"
+        if any(n < 1 for n in ap.sizes) or ap.num_partitions < 1:
+            return f"empty access pattern (sizes {ap.sizes}, {ap.num_partitions} partitions)"
+        lo, hi = ap_extent(ap)
+        if self.kind == Mem.HBM:
+            if ap.start_partition != 0:
+                return "HBM access patterns must have start_partition 0 (use offset)"
+            if lo < 0:
+                return f"HBM address {lo} is negative"
+            if hi > self.limit:
+                return f"HBM bytes [{lo}, {hi}) exceed the config's HBM size {self.limit}"
+            if hi > self.row_bytes:
+                return (f"HBM bytes [{lo}, {hi}) fall outside the program's HBM tensors "
+                        f"(used extent {self.row_bytes} B)")
+            return None
+        name = self.kind.value.upper()
+        if ap.start_partition < 0 or ap.start_partition + ap.num_partitions > self.rows:
+            return (f"{name} partitions [{ap.start_partition}, {ap.start_partition + ap.num_partitions})"
+                    f" outside [0, {self.rows})")
+        if lo < 0 or hi > self.row_bytes:
+            return f"{name} bytes [{lo}, {hi}) per partition outside [0, {self.row_bytes})"
+        return None
+
+    def _geometry(self, ap: AP):
+        isz = ap.itemsize
+        if self.kind == Mem.HBM:
+            shape = (ap.num_partitions, *ap.sizes)
+            strides = (ap.partition_stride * isz, *(s * isz for s in ap.strides))
+            return shape, strides, ap.offset
+        shape = (ap.num_partitions, *ap.sizes)
+        strides = (self.row_bytes, *(s * isz for s in ap.strides))
+        return shape, strides, ap.start_partition * self.row_bytes + ap.offset
+
+    def view(self, ap: AP) -> np.ndarray:
+        shape, strides, off = self._geometry(ap)
+        return np.ndarray(shape, dtype=NP_DTYPES[ap.dtype], buffer=self.data, offset=off, strides=strides)
+
+    def written_view(self, ap: AP) -> np.ndarray:
+        shape, strides, off = self._geometry(ap)
+        return np.ndarray(shape + (ap.itemsize,), dtype=np.uint8, buffer=self.written, offset=off,
+                          strides=strides + (1,))
+
+    def all_written(self, ap: AP) -> bool:
+        return bool(self.written_view(ap).all())
+
+    def mark_written(self, ap: AP) -> None:
+        self.written_view(ap)[...] = 1
+
+    def written_bytes(self) -> int:
+        return int(np.count_nonzero(self.written))
