@@ -288,7 +288,7 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
         bindings = list(block.bindings)
         is_dev = []
         for b in bindings:
-            node = by_var.get(b.var.name_hint)
+            node = by_var.get(b.var.name)
             is_dev.append(bool(node is not None and node.supported
                                and isinstance(b, relax.VarBinding)))
         order = _order_bindings(bindings, is_dev)
@@ -320,7 +320,7 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
                 continue
             seg_vars = {bindings[i].var for i in ids}
             used_later = _used_outside(body, bindings, seg_vars, ids)
-            names = [by_var[bindings[i].var.name_hint].name for i in ids]
+            names = [by_var[bindings[i].var.name].name for i in ids]
             sub = graph.subgraph(names)
             try:
                 cp = driver.compile_graph(sub, config, planner=planner, dtype=dtype)
@@ -400,12 +400,12 @@ def _emit_segment(cp, seg_index, seg_count, bindings, ids, used_later, func, inf
     from target.program_text import format_program
 
     # map graph tensor names -> relax expressions visible before the segment
-    name_to_expr = {p.name_hint: p for p in func.params}
+    name_to_expr = {p.name: p for p in func.params}
     seg_vars = {}
     for i, b in enumerate(bindings):
-        name_to_expr.setdefault(b.var.name_hint, b.var)
+        name_to_expr.setdefault(b.var.name, b.var)
         if i in set(ids):
-            seg_vars[b.var.name_hint] = b.var
+            seg_vars[b.var.name] = b.var
 
     in_exprs = []
     for hbm_name, tname in cp.inputs:

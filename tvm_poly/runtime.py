@@ -48,6 +48,18 @@ class Report:
 
     def to_dict(self) -> dict:
         d = dict(self._merged)
+        reps = [_report_dict(r) for r in self.segment_reports]
+        if len(reps) > 1:
+            for k in ("config", "program", "report_clock_ghz"):
+                if k in reps[0]:
+                    d[k] = reps[0][k]
+            cyc = sum(r.get("cycles", 0) for r in reps)
+            if cyc and all("mfu" in r for r in reps):
+                d["mfu"] = sum(r["mfu"] * r.get("cycles", 0) for r in reps) / cyc
+            if d.get("dma_transfer_count"):
+                d["dma_transfer_average_bytes"] = (
+                    d.get("dma_transfer_total_bytes", 0) / d["dma_transfer_count"])
+        d["operators"] = [dict(name=k, **v) for k, v in (d.get("per_tag") or {}).items()]
         d.update(self.meta)
         d["segments"] = len(self.segment_reports)
         return d
@@ -196,7 +208,18 @@ def _simulate(entry: _Entry, values: dict, trace_path=None):
     """Run the program on the simulator: values by HBM name -> (outputs by HBM name, report)."""
     from target.simulator import simulate
 
-    return simulate(entry.program, entry.config, values, trace=trace_path)
+    check = os.environ.get("TVM_POLY_SIM_CHECK", "0") not in ("", "0")
+    res = simulate(entry.program, entry.config, values, check=check, trace=bool(trace_path))
+    if trace_path:
+        write_trace(res.trace, trace_path)
+    return res.outputs, res.report
+
+
+def write_trace(trace, path) -> None:
+    """Write simulator trace events as a Chrome/Perfetto JSON file."""
+    events = trace.get("traceEvents", trace) if isinstance(trace, dict) else list(trace or [])
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"traceEvents": events, "displayTimeUnit": "ns"}, f, default=_json_default)
 
 
 def run_segment(key, blob, *args):
