@@ -278,3 +278,36 @@ class Program:
             if t.name == name:
                 return t
         raise KeyError(f"program has no HBM tensor {name!r}")
+
+
+# ---------------------------------------------------------------- helpers (additive)
+def _row_major(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= n
+    return tuple(reversed(strides))
+
+
+def sbuf_ap(start_partition: int, num_partitions: int, offset: int, sizes, dtype: str = "fp32",
+            strides=None) -> AP:
+    """SBUF access pattern; ``strides`` default to row-major over ``sizes`` (elements)."""
+    sizes = tuple(sizes)
+    return AP(Mem.SBUF, start_partition, num_partitions, offset, sizes,
+              tuple(strides) if strides is not None else _row_major(sizes), dtype)
+
+
+def psum_ap(start_partition: int, num_partitions: int, offset: int, sizes, dtype: str = "fp32",
+            strides=None) -> AP:
+    """PSUM access pattern; ``strides`` default to row-major over ``sizes`` (elements)."""
+    sizes = tuple(sizes)
+    return AP(Mem.PSUM, start_partition, num_partitions, offset, sizes,
+              tuple(strides) if strides is not None else _row_major(sizes), dtype)
+
+
+def hbm_ap(offset: int, num_rows: int, row_stride: int, sizes, dtype: str = "fp32", strides=None) -> AP:
+    """HBM access pattern: ``num_rows`` rows ``row_stride`` elements apart (the leading,
+    partition-like dimension), each with free dims ``sizes`` (row-major strides by default)."""
+    sizes = tuple(sizes)
+    return AP(Mem.HBM, 0, num_rows, offset, sizes,
+              tuple(strides) if strides is not None else _row_major(sizes), dtype, row_stride)
