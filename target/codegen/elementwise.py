@@ -1,0 +1,235 @@
+"""Elementwise operators with NumPy broadcasting: unary activations (Scalar engine),
+n-ary binary chains (Vector engine), optional fused activation after the chain.
+
+Schedule: the output is viewed as [rows on partitions, free]; the free axis is cut
+into chunks of ``CHUNK_BYTES`` per partition; each chunk is loaded (one DMA per
+operand, queues balanced by the Emitter), computed and stored, with ``BUFS`` rotating
+buffers so that loads of chunk i+1 overlap compute of chunk i and the store of i-1.
+"""
+from __future__ import annotations
+
+from target import isa
+from .emitter import CodegenError, Emitter
+from .values import Value, prod
+
+CHUNK_BYTES = 16384  # per partition per operand: well above the 2 KiB DMA efficiency knee
+BUFS = 3
+COMMUTATIVE = {"add", "multiply", "max", "min"}
+UNARY = set(isa.ACT_FUNCS)
+
+
+def bcast_strides(shape, out_shape):
+    r = len(out_shape)
+    s = (1,) * (r - len(shape)) + tuple(shape)
+    st, acc = [0] * r, 1
+    for i in reversed(range(r)):
+        st[i] = acc if s[i] != 1 else 0
+        acc *= s[i]
+    return st
+
+
+def coalesce(out_shape, stride_lists):
+    """Merge adjacent dims that are contiguous for every operand; drop size-1 dims.
+    Returns [(size, [stride per operand])], outermost first."""
+    dims = [(int(out_shape[i]), [sl[i] for sl in stride_lists])
+            for i in range(len(out_shape)) if out_shape[i] != 1]
+    merged = []
+    for size, sts in dims:
+        if merged:
+            psize, psts = merged[-1]
+            if all(ps == s * size for ps, s in zip(psts, sts)):
+                merged[-1] = (psize * size, sts)
+                continue
+        merged.append((size, sts))
+    return merged
+
+
+def elementwise(em: Emitter, out: Value, inputs: list[Value], op: str, post: str = None,
+                cdt: str = None):
+    """out = post(((in0 op in1) op in2) ...); a single input with op in ACT_FUNCS is a
+    unary activation."""
+    cdt = cdt or out.dtype
+    unary = len(inputs) == 1
+    if unary and op not in UNARY:
+        raise CodegenError(f"unary elementwise op {op!r} not supported")
+    if not unary and op not in isa.ALU_OPS:
+        raise CodegenError(f"binary elementwise op {op!r} not supported")
+    oshape = tuple(out.shape)
+    strides = [bcast_strides(v.shape, oshape) for v in inputs]
+    ostr = bcast_strides(oshape, oshape)
+    dims = coalesce(oshape, [ostr] + strides)
+    n = prod(oshape)
+    P = em.partitions
+    if not dims:
+        dims = [(1, [1] + [0] * len(inputs))]
+    flat = all(all(d[1][k + 1] in (0, d[1][0]) for d in dims) for k in range(len(inputs))) and \
+        all(len({d[1][k + 1] == 0 for d in dims}) == 1 for k in range(len(inputs)))
+    if flat:
+        # [rows=P, F] contiguous rows, plus a tail of n % P elements on one partition
+        kinds = ["scalar" if all(d[1][k + 1] == 0 for d in dims) else "full" for k in range(len(inputs))]
+        it = isa.DTYPES[cdt]
+        # rows of >= ~4 KiB each (DMA efficiency) but no more than 128 partitions
+        P = max(1, min(P, (n * it) // 4096))
+        F = n // P
+        pieces = []
+        if F:
+            pieces.append((0, P, F))
+        if n % P:
+            pieces.append((P * F, 1, n % P))
+        for base, rows, f in pieces:
+            _run_rows(em, out, inputs, op, post, cdt, rows, f,
+                      lambda k, r0, nr, c0, nc, base=base, f=f: _flat_ap(inputs, out, kinds, k, base, r0, nr, c0, nc, f),
+                      kinds)
+        return
+    # general broadcast: partitions = outermost coalesced dim, free = the rest
+    if len(dims) > 4:
+        raise CodegenError(f"broadcast of {[v.shape for v in inputs]} -> {oshape} needs too many dims")
+    rows_total = dims[0][0]
+    fdims = dims[1:]
+    fsizes = [d[0] for d in fdims]
+    F = prod(fsizes)
+    kinds = []
+    for k in range(len(inputs)):
+        if all(d[1][k + 1] == 0 for d in fdims):
+            kinds.append("column")
+        else:
+            kinds.append("strided")
+
+    def ap_for(k, r0, nr, c0, nc):
+        # k = -1: output; c0/nc cut the outermost free dim
+        sts = [d[1][k + 1] for d in dims]
+        v = out if k < 0 else inputs[k]
+        inner = prod(fsizes[1:])
+        sizes = [nc] + fsizes[1:] if fsizes else [1]
+        fst = sts[1:] if fsizes else [0]
+        off = r0 * sts[0] + (c0 * fst[0] if fsizes else 0)
+        if k >= 0 and kinds[k] == "column":
+            return v.flat_ap(off, nr, sts[0], (1,), (1,))
+        return v.flat_ap(off, nr, sts[0], sizes, fst)
+
+    if fsizes:
+        outer, inner = fsizes[0], prod(fsizes[1:])
+    else:
+        outer, inner = 1, 1
+    _run_rows(em, out, inputs, op, post, cdt, rows_total, outer, ap_for, kinds, inner=inner,
+              tile_sizes=lambda nc: [nc] + fsizes[1:] if fsizes else [1])
+
+
+def _flat_ap(inputs, out, kinds, k, base, r0, nr, c0, nc, f):
+    v = out if k < 0 else inputs[k]
+    if k >= 0 and kinds[k] == "scalar":
+        return v.flat_ap(0, nr, 0, (1,), (1,))
+    return v.flat_ap(base + r0 * f + c0, nr, f, (nc,), (1,))
+
+
+def _run_rows(em, out, inputs, op, post, cdt, rows_total, outer, ap_for, kinds, inner=1, tile_sizes=None):
+    P = em.partitions
+    it = isa.DTYPES[cdt]
+    chunk = max(1, CHUNK_BYTES // (it * inner))
+    # at least ~4 chunks when the tensor is big enough, so loads, compute and stores overlap
+    total_pp = outer * inner * it
+    chunk = min(chunk, max(1, max(2048, total_pp // 4) // (it * inner)))
+    chunk = max(1, min(chunk, outer))
+    chunk = -(-outer // (-(-outer // chunk)))  # equal chunks
+    nfull = sum(1 for k in kinds if k in ("full", "strided"))
+    ncol = len(kinds) - nfull
+    tile_elems = chunk * inner
+    rows = min(P, rows_total)
+    # budget: shrink the chunk if SBUF is tight
+    while chunk > 1 and (max(nfull, 1) * BUFS * tile_elems * it + ncol * BUFS * 64) > em.sbuf.largest_free() // 2:
+        chunk = max(1, chunk // 2)
+        tile_elems = chunk * inner
+    pools = {}
+    for k, kind in enumerate(kinds):
+        if kind in ("full", "strided"):
+            pools[k] = em.pool("sbuf", rows, tile_elems * it, cdt, BUFS, f"ew{k}_")
+        else:
+            pools[k] = em.pool("sbuf", rows, it, cdt, BUFS, f"ewc{k}_")
+    if tile_sizes is None:
+        tile_sizes = lambda nc: [nc]
+    steps = [(r0, min(P, rows_total - r0), c0, min(chunk, outer - c0))
+             for r0 in range(0, rows_total, P) for c0 in range(0, outer, chunk)]
+
+    def load(step):
+        r0, nr, c0, nc = step
+        sizes = tile_sizes(nc)
+        tiles = {}
+        for k in range(len(inputs)):
+            t = pools[k].next()
+            if kinds[k] in ("full", "strided"):
+                dst = t.ap(sizes, partitions=nr)
+            else:
+                dst = t.ap((1,), partitions=nr)
+            em.dma_split(dst, ap_for(k, r0, nr, c0, nc))
+            tiles[k] = dst
+        return tiles
+
+    # software pipeline in emission order: the loads of step i+1 are queued before the
+    # store of step i, so no load waits behind a store (queues are in order)
+    nxt = load(steps[0]) if steps else None
+    for i, step in enumerate(steps):
+        r0, nr, c0, nc = step
+        tiles = nxt
+        nxt = load(steps[i + 1]) if i + 1 < len(steps) else None
+        res = _compute(em, tiles, kinds, op, post, tile_sizes(nc), nr)
+        em.dma_split(ap_for(-1, r0, nr, c0, nc), res)
+    for p in pools.values():
+        p.release()
+
+
+def _compute(em, tiles, kinds, op, post, sizes, nr):
+    n = len(tiles)
+    if n == 1:
+        t = tiles[0]
+        if kinds[0] not in ("full", "strided"):
+            raise CodegenError("unary op on a broadcast scalar")
+        em.act(t, t, func=op)
+        return t
+    order = list(range(n))
+    full = [k for k in order if kinds[k] in ("full", "strided")]
+    if not full:
+        raise CodegenError("elementwise op with only scalar operands")
+    first = order[0]
+    if kinds[first] not in ("full", "strided"):
+        if op not in COMMUTATIVE:
+            raise CodegenError(f"{op} with a broadcast first operand")
+        # move the first full operand to the front (commutative chain)
+        order.remove(full[0])
+        order.insert(0, full[0])
+    acc = tiles[order[0]]
+    for k in order[1:]:
+        if kinds[k] in ("full", "strided"):
+            em.tt(acc, acc, tiles[k], op=op)
+        else:
+            em.ts(acc, acc, op0=op, operand0=tiles[k])
+    if post:
+        em.act(acc, acc, func=post)
+    return acc
+
+
+def channel_affine(em: Emitter, x: Value, out: Value, scale: Value, bias: Value, func="identity",
+                   cdt: str = None):
+    """out[n, c, ...] = func(x[n, c, ...] * scale[c] + bias[c]) (one Scalar-engine Activation per
+    tile; scale/bias are [C] vectors in HBM, loaded once as per-partition columns)."""
+    cdt = cdt or out.dtype
+    N, C, F = x.ncf()
+    P = em.partitions
+    it = isa.DTYPES[cdt]
+    chunk = max(1, min(F, CHUNK_BYTES // it))
+    cols = em.sbuf_tile(P, 2 * 4 * (-(-C // P)), "fp32", "bn_cols")
+    pool = em.pool("sbuf", P, chunk * it, cdt, BUFS, "bn_x")
+    for ct in range(-(-C // P)):
+        c0, nc = ct * P, min(P, C - ct * P)
+        sc = cols.ap((1,), elem_offset=2 * ct, partitions=nc)
+        bi = cols.ap((1,), elem_offset=2 * ct + 1, partitions=nc)
+        em.dma(sc, scale.flat_ap(c0, nc, 1, (1,), (1,)))
+        em.dma(bi, bias.flat_ap(c0, nc, 1, (1,), (1,)))
+        for n in range(N):
+            for f0 in range(0, F, chunk):
+                nf = min(chunk, F - f0)
+                t = pool.next().ap((nf,), partitions=nc)
+                em.dma_split(t, x.chan_ap(n, c0, nc, f0, (nf,), (1,)))
+                em.act(t, t, func=func, scale=sc, bias=bi)
+                em.dma_split(out.chan_ap(n, c0, nc, f0, (nf,), (1,)), t)
+    pool.release()
+    em.free(cols)

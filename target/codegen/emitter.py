@@ -1,0 +1,465 @@
+"""The codegen Emitter: builds a :class:`target.isa.Program` from operator code.
+
+Operator code never writes semaphores by hand.  It allocates tiles, builds access
+patterns and calls ``em.emit(stream, InstrClass, **fields)`` (or the helpers
+``dma``/``matmul``/``act``...).  The Emitter
+
+* derives each instruction's reads and writes from its AP fields,
+* tracks, per memory region (HBM bytes, SBUF/PSUM partitions x bytes), the last
+  writer and the readers since, and makes every instruction wait for the
+  instructions it conflicts with (RAW, WAR, WAW) on *other* streams,
+* drops waits that are already implied (vector clocks: what each stream knows to
+  have completed, transitively),
+* at :meth:`finish` turns the remaining dependencies into per-stream counting
+  semaphores (``sem_<stream>``): an instruction that somebody waits on signals its
+  stream's semaphore, and a wait for it is ``Wait(sem_<stream>, rank)``.
+
+Assumption (shared with the simulator): instructions of one stream start and
+complete in program order, so same-stream dependencies need no semaphore and a
+counting semaphore reaching ``rank`` means every earlier signaller completed.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Optional
+
+from target import isa
+from target.isa import AP, Mem
+
+ENGINE_STREAMS = ("tensor", "vector", "scalar", "gpsimd")
+
+
+class CodegenError(ValueError):
+    """Operator cannot be lowered (shape/config limits)."""
+
+
+class AllocationError(CodegenError):
+    """SBUF or PSUM cannot hold a requested tile."""
+
+
+# ------------------------------------------------------------------ access regions
+def ap_box(ap: AP):
+    """Conservative bounding box (space, p0, p1, b0, b1) of an access pattern."""
+    span = 1
+    for s, st in zip(ap.sizes, ap.strides):
+        if s > 1:
+            span += (s - 1) * abs(st)
+    if ap.mem == Mem.HBM:
+        if ap.num_partitions > 1:
+            span += (ap.num_partitions - 1) * abs(ap.partition_stride)
+        # strides are non-negative in everything we emit; the 6th element describes the
+        # rows (one per "partition" row): (row stride bytes, rows, row width bytes)
+        it = ap.itemsize
+        if ap.num_partitions > 1:
+            row = (span - (ap.num_partitions - 1) * abs(ap.partition_stride)) * it
+            rows = (abs(ap.partition_stride) * it, ap.num_partitions, row)
+        else:
+            rows = (0, 1, span * it)
+        return ("hbm", 0, 1, ap.offset, ap.offset + span * it, rows)
+    return (ap.mem.value, ap.start_partition, ap.start_partition + ap.num_partitions,
+            ap.offset, ap.offset + span * ap.itemsize)
+
+
+READ_FIELDS = ("src", "a", "b", "stationary", "moving", "bias", "scale", "operand0", "operand1")
+
+
+class _Entry:
+    __slots__ = ("p0", "p1", "b0", "b1", "write", "ref", "dead", "rows")
+
+    def __init__(self, p0, p1, b0, b1, write, ref, rows=None):
+        self.p0, self.p1, self.b0, self.b1, self.write, self.ref = p0, p1, b0, b1, write, ref
+        self.rows = rows
+        self.dead = False
+
+
+def _rows_overlap(o1, r1, o2, r2) -> bool:
+    """Exact test for two sets of equally spaced byte rows (HBM APs): rows i of the first at
+    o1 + i*S, width w1; rows j of the second at o2 + j*S, width w2 (same S)."""
+    S1, n1, w1 = r1
+    S2, n2, w2 = r2
+    if n1 == 1 and n2 == 1:
+        return True
+    if S1 != S2 or S1 == 0 or w1 > S1 or w2 > S2:
+        return True
+    S, d = S1, o2 - o1
+    # need integer k = i - j in [-(n2-1), n1-1] with d - w1 < k*S < d + w2
+    klo = (d - w1) // S + 1
+    khi = -((-(d + w2)) // S) - 1
+    return max(klo, -(n2 - 1)) <= min(khi, n1 - 1)
+
+
+class _Tracker:
+    """Bucketed interval index of accesses per memory space."""
+
+    BUCKET = {"hbm": 1 << 16, "sbuf": 2048, "psum": 2048}
+
+    def __init__(self):
+        self.buckets: dict = defaultdict(list)
+
+    def access(self, box, write: bool, ref):
+        space, p0, p1, b0, b1 = box[:5]
+        rows = box[5] if len(box) > 5 else None
+        bs = self.BUCKET[space]
+        keys = [(space, k) for k in range(b0 // bs, (b1 - 1) // bs + 1)]
+        deps = []
+        seen = set()
+        stream = ref[0]
+        for key in keys:
+            lst = self.buckets[key]
+            keep = []
+            for e in lst:
+                if e.dead:
+                    continue
+                if e.p0 < p1 and p0 < e.p1 and e.b0 < b1 and b0 < e.b1:
+                    if rows is not None and e.rows is not None and \
+                            not _rows_overlap(e.b0, e.rows, b0, rows):
+                        keep.append(e)
+                        continue
+                    if write or e.write:
+                        if id(e) not in seen:
+                            seen.add(id(e))
+                            deps.append(e.ref)
+                    covered = e.p0 >= p0 and e.p1 <= p1 and e.b0 >= b0 and e.b1 <= b1 and \
+                        (rows is None or rows[1] == 1 or rows[2] >= rows[0])
+                    if covered and (write or (not e.write and e.ref[0] == stream)):
+                        e.dead = True
+                        continue
+                keep.append(e)
+            self.buckets[key] = keep
+        ent = _Entry(p0, p1, b0, b1, write, ref, rows)
+        for key in keys:
+            self.buckets[key].append(ent)
+        return deps
+
+
+# ------------------------------------------------------------------ allocation
+class _RangeAllocator:
+    """First-fit allocator of byte ranges [0, size) (same range on every partition)."""
+
+    def __init__(self, size: int, align: int, what: str):
+        self.size, self.align, self.what = size, align, what
+        self.free_list = [(0, size)]
+        self.used = 0
+        self.peak = 0
+
+    def alloc(self, nbytes: int) -> int:
+        n = max(self.align, -(-nbytes // self.align) * self.align)
+        for i, (a, b) in enumerate(self.free_list):
+            if b - a >= n:
+                self.free_list[i] = (a + n, b)
+                if a + n == b:
+                    self.free_list.pop(i)
+                self.used += n
+                self.peak = max(self.peak, self.used)
+                return a
+        raise AllocationError(
+            f"{self.what}: cannot allocate {nbytes} B per partition "
+            f"({self.used} of {self.size} B in use, largest free range "
+            f"{max((b - a for a, b in self.free_list), default=0)} B)")
+
+    def free(self, off: int, nbytes: int):
+        n = max(self.align, -(-nbytes // self.align) * self.align)
+        self.used -= n
+        fl = self.free_list + [(off, off + n)]
+        fl.sort()
+        merged = []
+        for a, b in fl:
+            if merged and merged[-1][1] == a:
+                merged[-1] = (merged[-1][0], b)
+            else:
+                merged.append((a, b))
+        self.free_list = merged
+
+    def largest_free(self) -> int:
+        return max((b - a for a, b in self.free_list), default=0)
+
+
+@dataclass
+class Tile:
+    """An SBUF or PSUM allocation: partitions [0, partitions), bytes [offset, offset+nbytes)."""
+    mem: Mem
+    partitions: int
+    offset: int
+    nbytes: int  # per partition
+    dtype: str
+    name: str = ""
+    start_partition: int = 0
+
+    @property
+    def itemsize(self):
+        return isa.DTYPES[self.dtype]
+
+    @property
+    def elems(self):
+        return self.nbytes // self.itemsize
+
+    def ap(self, sizes=None, strides=None, elem_offset: int = 0, partitions=None,
+           start: int = 0, dtype: Optional[str] = None) -> AP:
+        """View [np, *sizes] (strides in elements, default row-major) at ``elem_offset``."""
+        dt = dtype or self.dtype
+        if sizes is None:
+            sizes = (self.nbytes // isa.DTYPES[dt],)
+        sizes = tuple(int(s) for s in sizes)
+        if strides is None:
+            strides, acc = [], 1
+            for s in reversed(sizes):
+                strides.append(acc)
+                acc *= s
+            strides = tuple(reversed(strides))
+        np_ = self.partitions - start if partitions is None else partitions
+        ap = AP(self.mem, self.start_partition + start, int(np_),
+                self.offset + elem_offset * isa.DTYPES[dt], sizes, tuple(int(s) for s in strides), dt)
+        b = ap_box(ap)
+        if b[4] > self.offset + self.nbytes or start + np_ > self.partitions:
+            raise CodegenError(f"view {sizes}/{strides}@{elem_offset} exceeds tile {self.name} "
+                               f"({self.partitions}x{self.nbytes}B)")
+        return ap
+
+
+@dataclass(frozen=True)
+class HbmRef:
+    """A tensor in HBM (row-major) plus helpers for access patterns over it."""
+    tensor: isa.HbmTensor
+
+    @property
+    def name(self):
+        return self.tensor.name
+
+    @property
+    def dtype(self):
+        return self.tensor.dtype
+
+    @property
+    def shape(self):
+        return self.tensor.shape
+
+    def ap(self, elem_offset, partitions, partition_stride, sizes, strides) -> AP:
+        it = isa.DTYPES[self.tensor.dtype]
+        ap = AP(Mem.HBM, 0, int(partitions), self.tensor.offset + int(elem_offset) * it,
+                tuple(int(s) for s in sizes), tuple(int(s) for s in strides), self.tensor.dtype,
+                partition_stride=int(partition_stride))
+        b = ap_box(ap)
+        if b[3] < self.tensor.offset or b[4] > self.tensor.offset + self.tensor.nbytes:
+            raise CodegenError(f"HBM view out of bounds of {self.tensor.name}")
+        return ap
+
+
+class _Rec:
+    __slots__ = ("stream", "idx", "cls", "fields", "waits", "snap")
+
+    def __init__(self, stream, idx, cls, fields):
+        self.stream, self.idx, self.cls, self.fields = stream, idx, cls, fields
+        self.waits = {}
+        self.snap = None
+
+
+# ------------------------------------------------------------------ emitter
+class Emitter:
+    """Collects instructions for one Program (see module docstring)."""
+
+    def __init__(self, config, name: str = "program", dma_queues: Optional[int] = None):
+        self.config = config
+        self.name = name
+        self.partitions = int(getattr(config, "sbuf_partitions", 128))
+        self.sbuf = _RangeAllocator(int(getattr(config, "sbuf_bytes_per_partition", 196608)), 64, "SBUF")
+        self.psum_bank_bytes = int(getattr(config, "psum_bank_bytes", 2048))
+        self.psum_banks = int(getattr(config, "psum_banks", 8))
+        self.psum = _RangeAllocator(self.psum_bank_bytes * self.psum_banks, self.psum_bank_bytes, "PSUM")
+        nq = int(dma_queues or getattr(config, "dma_queues", 16))
+        self.dma_streams = tuple(f"dma{i}" for i in range(max(1, nq)))
+        self._dma_load = {q: 0 for q in self.dma_streams}
+        self.streams: dict[str, list[_Rec]] = {s: [] for s in ENGINE_STREAMS + self.dma_streams}
+        self.known: dict[str, dict[str, int]] = {s: {} for s in self.streams}
+        self.tracker = _Tracker()
+        self.hbm: list[isa.HbmTensor] = []
+        self._hbm_names: dict[str, HbmRef] = {}
+        self._hbm_top = 0
+        self.tag = ""
+        self.pe_rows = int(getattr(config, "pe_rows", 128))
+        self.pe_cols = int(getattr(config, "pe_cols", 128))
+        self.max_moving_free = int(getattr(config, "max_moving_free", 512))
+
+    # ---------------------------------------------------------------- memory
+    def hbm_tensor(self, name: str, shape, dtype: str, kind: str = "scratch") -> HbmRef:
+        if name in self._hbm_names:
+            raise CodegenError(f"HBM tensor {name!r} defined twice")
+        t = isa.HbmTensor(name, self._hbm_top, tuple(int(s) for s in shape), dtype, kind)
+        self._hbm_top += -(-t.nbytes // 512) * 512
+        self.hbm.append(t)
+        ref = HbmRef(t)
+        self._hbm_names[name] = ref
+        return ref
+
+    def hbm_ref(self, name: str) -> HbmRef:
+        return self._hbm_names[name]
+
+    def sbuf_tile(self, partitions: int, nbytes: int, dtype: str, name: str = "") -> Tile:
+        if not 1 <= partitions <= self.partitions:
+            raise CodegenError(f"tile {name}: {partitions} partitions (max {self.partitions})")
+        off = self.sbuf.alloc(nbytes)
+        return Tile(Mem.SBUF, partitions, off, -(-nbytes // 4) * 4, dtype, name)
+
+    def psum_tile(self, partitions: int, nbytes: int = None, name: str = "") -> Tile:
+        nbytes = self.psum_bank_bytes if nbytes is None else nbytes
+        if nbytes > self.psum_bank_bytes:
+            raise CodegenError(f"PSUM tile {name} of {nbytes} B exceeds one bank")
+        off = self.psum.alloc(nbytes)
+        return Tile(Mem.PSUM, partitions, off, nbytes, "fp32", name)
+
+    def free(self, *tiles: Tile):
+        for t in tiles:
+            (self.sbuf if t.mem == Mem.SBUF else self.psum).free(t.offset, t.nbytes)
+
+    def pool(self, mem: str, partitions: int, nbytes: int, dtype: str, bufs: int = 2, name: str = ""):
+        return TilePool(self, mem, partitions, nbytes, dtype, bufs, name)
+
+    # ---------------------------------------------------------------- emission
+    def emit(self, stream: str, cls, **fields):
+        if stream not in self.streams:
+            raise CodegenError(f"unknown stream {stream!r}")
+        fields.setdefault("tag", self.tag)
+        idx = len(self.streams[stream])
+        rec = _Rec(stream, idx, cls, fields)
+        ref = (stream, idx)
+        deps = []
+        for f in READ_FIELDS:
+            v = fields.get(f)
+            if isinstance(v, AP):
+                deps += self.tracker.access(ap_box(v), False, ref)
+        dst = fields.get("dst")
+        if isinstance(dst, AP):
+            if cls is isa.MatMul and not fields.get("start", True):
+                deps += self.tracker.access(ap_box(dst), False, ref)
+            deps += self.tracker.access(ap_box(dst), True, ref)
+        need: dict[str, int] = {}
+        for (s, i) in deps:
+            if s != stream and need.get(s, -1) < i:
+                need[s] = i
+        known = self.known[stream]
+        for s, i in sorted(need.items(), key=lambda kv: -kv[1]):
+            if known.get(s, -1) >= i:
+                continue
+            rec.waits[s] = i
+            for k, v in self.streams[s][i].snap.items():
+                if known.get(k, -1) < v:
+                    known[k] = v
+        known[stream] = idx
+        rec.snap = dict(known)
+        self.streams[stream].append(rec)
+        return rec
+
+    # convenience wrappers ------------------------------------------------
+    def dma(self, dst: AP, src: AP, queue: Optional[str] = None):
+        if queue is None:
+            queue = min(self.dma_streams, key=lambda q: self._dma_load[q])
+        self._dma_load[queue] += max(dst.nbytes, src.nbytes) + 2048  # fixed cost as bytes-equivalent
+        return self.emit(queue, isa.DmaCopy, dst=dst, src=src)
+
+    def dma_split(self, dst: AP, src: AP, piece_bytes: int = 96 * 1024):
+        """One logical transfer as several DMAs on different queues: split along partitions
+        (groups of 32, keeping the partition-start rule) and then along the outermost free
+        dim, so that each piece is about ``piece_bytes`` (latency is per transfer and each
+        queue has a fraction of the bandwidth)."""
+        total = max(dst.nbytes, src.nbytes)
+        npieces = max(1, -(-total // piece_bytes))
+        if npieces == 1 or dst.num_partitions != src.num_partitions:
+            return [self.dma(dst, src)]
+        P = dst.num_partitions
+        pg = P
+        while npieces > 1 and pg > 32 and pg % 2 == 0 and (pg // 2) % 32 == 0:
+            pg //= 2
+            npieces = -(-npieces // 2)
+        if pg == P and P > 32 and npieces > 1:
+            pg = 32
+            npieces = -(-npieces // (-(-P // 32)))
+        fsplit = 1
+        if npieces > 1 and dst.sizes[0] == src.sizes[0] and dst.sizes[0] > 1:
+            fsplit = min(npieces, dst.sizes[0])
+        recs = []
+        for p0 in range(0, P, pg):
+            np_ = min(pg, P - p0)
+            step = -(-dst.sizes[0] // fsplit)
+            for f0 in range(0, dst.sizes[0], step):
+                nf = min(step, dst.sizes[0] - f0)
+                recs.append(self.dma(_sub(dst, p0, np_, f0, nf), _sub(src, p0, np_, f0, nf)))
+        return recs
+
+    def matmul(self, dst: AP, stationary: AP, moving: AP, start=True, stop=True):
+        return self.emit("tensor", isa.MatMul, dst=dst, stationary=stationary, moving=moving,
+                         start=start, stop=stop)
+
+    def act(self, dst: AP, src: AP, func="identity", bias=0.0, scale=1.0, stream="scalar"):
+        return self.emit(stream, isa.Activation, dst=dst, src=src, func=func, bias=bias, scale=scale)
+
+    def tt(self, dst: AP, a: AP, b: AP, op="add", stream="vector"):
+        return self.emit(stream, isa.TensorTensor, dst=dst, a=a, b=b, op=op)
+
+    def ts(self, dst: AP, src: AP, op0="multiply", operand0=1.0, op1=None, operand1=0.0, stream="vector"):
+        return self.emit(stream, isa.TensorScalar, dst=dst, src=src, op0=op0, operand0=operand0,
+                         op1=op1, operand1=operand1)
+
+    def memset(self, dst: AP, value=0.0, stream="gpsimd"):
+        return self.emit(stream, isa.Memset, dst=dst, value=value)
+
+    def copy(self, dst: AP, src: AP, stream="vector"):
+        return self.emit(stream, isa.TensorCopy, dst=dst, src=src)
+
+    def reduce(self, dst: AP, src: AP, op="add", axes=1, stream="vector"):
+        return self.emit(stream, isa.TensorReduce, dst=dst, src=src, op=op, axes=axes)
+
+    # ---------------------------------------------------------------- finish
+    def finish(self) -> isa.Program:
+        waited = defaultdict(set)
+        for recs in self.streams.values():
+            for r in recs:
+                for s, i in r.waits.items():
+                    waited[s].add(i)
+        rank = {}
+        for s, idxs in waited.items():
+            for n, i in enumerate(sorted(idxs)):
+                rank[(s, i)] = n + 1
+        streams = []
+        for s, recs in self.streams.items():
+            if not recs:
+                continue
+            out = []
+            for r in recs:
+                f = dict(r.fields)
+                f["waits"] = tuple(isa.Wait(f"sem_{t}", rank[(t, i)]) for t, i in sorted(r.waits.items()))
+                f["signals"] = (f"sem_{s}",) if (s, r.idx) in rank else ()
+                out.append(r.cls(**f))
+            streams.append((s, tuple(out)))
+        return isa.Program(hbm=tuple(self.hbm), streams=tuple(streams), name=self.name)
+
+
+def _sub(ap: AP, p0: int, np_: int, f0: int, nf: int) -> AP:
+    """Partitions [p0, p0+np_) and outermost-free-dim [f0, f0+nf) of an AP."""
+    off = ap.offset + f0 * ap.strides[0] * ap.itemsize
+    sizes = (nf,) + tuple(ap.sizes[1:])
+    if ap.mem == Mem.HBM:
+        return AP(ap.mem, 0, np_, off + p0 * ap.partition_stride * ap.itemsize, sizes, ap.strides,
+                  ap.dtype, ap.partition_stride)
+    return AP(ap.mem, ap.start_partition + p0, np_, off, sizes, ap.strides, ap.dtype)
+
+
+class TilePool:
+    """``bufs`` rotating tiles of one shape: ``pool.next()`` gives the next one.  Reuse is
+    safe because the Emitter orders the new writes after the old reads (WAR)."""
+
+    def __init__(self, em: Emitter, mem, partitions, nbytes, dtype, bufs, name):
+        self.em = em
+        if mem == "psum":
+            self.tiles = [em.psum_tile(partitions, nbytes, f"{name}{i}") for i in range(bufs)]
+        else:
+            self.tiles = [em.sbuf_tile(partitions, nbytes, dtype, f"{name}{i}") for i in range(bufs)]
+        self.i = 0
+
+    def next(self) -> Tile:
+        t = self.tiles[self.i % len(self.tiles)]
+        self.i += 1
+        return t
+
+    def release(self):
+        self.em.free(*self.tiles)
+        self.tiles = []

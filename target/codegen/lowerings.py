@@ -1,0 +1,44 @@
+"""Plan-group kinds -> operator codegen.  ``ctx`` is a tvm_poly.driver.LowerCtx:
+``ctx.em`` (Emitter), ``ctx.cdt`` (compute dtype), ``ctx.value(name)`` (read a graph tensor),
+``ctx.out(name)`` (the Value to write), ``ctx.const(hbm_name, array, dtype)`` (a compile-time
+constant), ``ctx.info(name)`` (TensorInfo: shape, value), ``ctx.node(name)`` (OpNode)."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import register_lowering
+from .elementwise import channel_affine, elementwise
+from .emitter import CodegenError
+
+
+def bn_scale_shift(ctx, names, eps):
+    gamma, beta, mean, var = (np.asarray(ctx.info(n).value, dtype=np.float64) for n in names)
+    scale = gamma / np.sqrt(var + eps)
+    shift = beta - mean * scale
+    return scale.astype(np.float32), shift.astype(np.float32)
+
+
+@register_lowering("elementwise")
+def lower_elementwise(ctx, g):
+    ins = [ctx.value(i) for i in g.inputs]
+    out = ctx.out(g.output)
+    op = g.param("op")
+    post = g.param("act")
+    if len(ins) == 1 and op in ("relu",) and post:
+        post = None
+    elementwise(ctx.em, out, ins, op, post, cdt=ctx.cdt)
+
+
+@register_lowering("batch_norm")
+def lower_batch_norm(ctx, g):
+    node = ctx.node(g.ops[0])
+    if node.attr("axis", 1) != 1:
+        raise CodegenError(f"{g.tag}: batch_norm over axis {node.attr('axis')}")
+    if not all(ctx.info(n).is_constant for n in node.inputs[1:]):
+        raise CodegenError(f"{g.tag}: batch_norm with run-time statistics")
+    scale, shift = bn_scale_shift(ctx, node.inputs[1:], g.param("bn_eps", 1e-5))
+    sc = ctx.const(f"{g.name}/bn_scale", scale, "fp32")
+    sh = ctx.const(f"{g.name}/bn_shift", shift, "fp32")
+    x = ctx.value(g.inputs[0])
+    out = ctx.out(g.output)
+    channel_affine(ctx.em, x, out, sc, sh, func=g.param("act") or "identity", cdt=ctx.cdt)

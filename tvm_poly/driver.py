@@ -1,0 +1,181 @@
+"""graph + planner -> Program: ``compile_graph(graph, config, planner, dtype) -> CompiledProgram``.
+
+HBM naming: graph inputs and outputs keep their graph names (fp32 in HBM, whatever the
+compute dtype); intermediates are scratch tensors named after the graph tensor (compute
+dtype); compile-time constants (laid out / folded weights) are ``weight`` tensors named
+``<group>/<what>`` whose values travel in ``CompiledProgram.constants``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from target import isa
+from target.codegen import LOWERINGS, Emitter, Value
+from target.codegen.emitter import CodegenError
+from target.memory import NP_DTYPES
+
+from .graph import OpGraph
+from .plan import Plan
+from .planners import get_planner
+
+DTYPES = {"float32": "fp32", "bfloat16": "bf16"}
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledProgram:
+    program: isa.Program
+    constants: dict  # hbm name -> np.ndarray (already in the HBM dtype)
+    inputs: tuple  # (hbm name, graph tensor name)
+    outputs: tuple  # (hbm name, graph tensor name)
+    plan: Plan
+    config: object = None
+    dtype: str = "float32"
+    compile_seconds: float = 0.0
+    runtime_weights: tuple = ()  # (hbm name, graph tensor name) of weights given at run time
+
+    def run(self, values: dict, check: bool = True, trace: bool = False):
+        """values: graph tensor name -> array.  Returns (outputs by graph name, report)."""
+        from target.simulator import simulate
+
+        tensors = dict(self.constants)
+        for hbm, gname in self.inputs + self.runtime_weights:
+            if gname not in values:
+                from .errors import InputShapeError
+                raise InputShapeError(f"missing input {gname!r}")
+            t = self.program.tensor(hbm)
+            arr = np.asarray(values[gname])
+            if tuple(arr.shape) != tuple(t.shape):
+                from .errors import InputShapeError
+                raise InputShapeError(f"input {gname!r} expects shape {tuple(t.shape)}, got {tuple(arr.shape)}")
+            tensors[hbm] = arr.astype(NP_DTYPES[t.dtype])
+        res = simulate(self.program, self.config, tensors, check=check, trace=trace)
+        outs = {g: np.asarray(res.outputs[h], dtype=np.float32) for h, g in self.outputs}
+        object.__setattr__(self, '_last', res)
+        return outs, res.report
+
+
+class LowerCtx:
+    """What a lowering function sees: the emitter, compute dtype, graph, plan and values."""
+
+    def __init__(self, em: Emitter, graph: OpGraph, plan: Plan, cdt: str):
+        self.em, self.graph, self.plan, self.cdt = em, graph, plan, cdt
+        self.tm = graph.tensor_map
+        self.values: dict[str, Value] = {}
+        self.constants: dict[str, np.ndarray] = {}
+        self.inputs, self.outputs, self.runtime_weights = [], [], []
+        self._alias = {t.name: t.alias_of for t in plan.tensors if t.placement == "alias"}
+        self._const_values: dict[str, Value] = {}
+
+    def root(self, name):
+        seen = set()
+        while name in self._alias and name not in seen:
+            seen.add(name)
+            name = self._alias[name]
+        return name
+
+    def node(self, name):
+        return self.graph.node(name)
+
+    def info(self, name):
+        return self.tm[name]
+
+    # ------------------------------------------------------------ values
+    def value(self, name: str) -> Value:
+        """The Value of a graph tensor that is read (input, weight, or produced earlier)."""
+        if name in self.values:
+            return self.values[name]
+        r = self.root(name)
+        t = self.tm[name]
+        if r != name:
+            base = self.value(r)
+            v = Value(name, tuple(t.shape), base.dtype, hbm=base.hbm, sbuf=base.sbuf)
+            self.values[name] = v
+            return v
+        if t.is_constant:
+            return self.const_value(name)
+        if t.kind == "weight":  # weight without a value: bound at run time
+            ref = self.em.hbm_tensor(name, t.shape, "fp32", "input")
+            self.runtime_weights.append((name, name))
+            v = Value(name, tuple(t.shape), "fp32", hbm=ref)
+            self.values[name] = v
+            return v
+        raise CodegenError(f"tensor {name} is read before it is produced")
+
+    def const_value(self, name: str, dtype: Optional[str] = None) -> Value:
+        t = self.tm[name]
+        dt = dtype or self.cdt
+        key = (name, dt)
+        if key not in self._const_values:
+            self._const_values[key] = self.const(f"{name}", np.asarray(t.value), dt)
+        return self._const_values[key]
+
+    def const(self, hbm_name: str, array: np.ndarray, dtype: Optional[str] = None) -> Value:
+        """A compile-time constant tensor in HBM (weights laid out for the kernel, folded BN...)."""
+        dt = dtype or self.cdt
+        base, k = hbm_name, 1
+        while hbm_name in self.constants:
+            hbm_name = f"{base}#{k}"
+            k += 1
+        arr = np.ascontiguousarray(np.asarray(array, dtype=np.float32).astype(NP_DTYPES[dt]))
+        ref = self.em.hbm_tensor(hbm_name, arr.shape, dt, "weight")
+        self.constants[hbm_name] = arr
+        return Value(hbm_name, tuple(arr.shape), dt, hbm=ref)
+
+    def out(self, name: str) -> Value:
+        """The Value a kernel writes for graph tensor ``name`` (allocated on first use)."""
+        if name in self.values:
+            return self.values[name]
+        t = self.tm[name]
+        members = [m for m in list(self._alias) + [name] if self.root(m) == name]
+        outs = [m for m in members if m in self.graph.outputs]
+        if outs:
+            hname = outs[0]
+            ref = self.em.hbm_tensor(hname, self.tm[hname].shape, "fp32", "output")
+            for o in outs:
+                self.outputs.append((hname, o))
+            dt = "fp32"
+        else:
+            ref = self.em.hbm_tensor(name, t.shape, self.cdt, "scratch")
+            dt = self.cdt
+        v = Value(name, tuple(t.shape), dt, hbm=ref)
+        self.values[name] = v
+        return v
+
+
+def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype: str = "float32",
+                  plan: Optional[Plan] = None, name: str = None) -> CompiledProgram:
+    from target.config import load_config
+
+    t0 = time.perf_counter()
+    if dtype not in DTYPES:
+        from .errors import OptionError
+        raise OptionError(f"unknown dtype {dtype!r}; expected float32 or bfloat16")
+    cfg = load_config(config) if not hasattr(config, "sbuf_partitions") else config
+    if plan is None:
+        plan = get_planner(planner)(graph, cfg, dtype)
+    cdt = DTYPES[dtype]
+    em = Emitter(cfg, name or graph.name)
+    ctx = LowerCtx(em, graph, plan, cdt)
+    for nm in graph.inputs:
+        t = graph.tensor(nm)
+        ref = em.hbm_tensor(nm, t.shape, "fp32", "input")
+        ctx.values[nm] = Value(nm, tuple(t.shape), "fp32", hbm=ref)
+        ctx.inputs.append((nm, nm))
+    for g in plan.groups:
+        fn = LOWERINGS.get(g.kind)
+        if fn is None:
+            raise CodegenError(f"{g.tag}: no NeuronCore lowering for kernel kind {g.kind!r}")
+        em.tag = g.tag
+        fn(ctx, g)
+    # graph outputs that are graph inputs / constants / aliases of inputs need a copy kernel
+    produced = {o for _, o in ctx.outputs}
+    for o in graph.outputs:
+        if o not in produced:
+            raise CodegenError(f"graph output {o} is not produced by any NeuronCore kernel")
+    program = em.finish()
+    return CompiledProgram(program, ctx.constants, tuple(ctx.inputs), tuple(ctx.outputs), plan, cfg,
+                           dtype, time.perf_counter() - t0, tuple(ctx.runtime_weights))

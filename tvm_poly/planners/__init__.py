@@ -1,0 +1,20 @@
+"""Planner registry: name -> function(graph, config, dtype) -> Plan."""
+from __future__ import annotations
+
+from .per_op import plan_per_op
+
+PLANNERS = {"per-op": plan_per_op}
+
+
+def get_planner(name: str):
+    try:
+        return PLANNERS[name]
+    except KeyError:
+        from tvm_poly.errors import PlannerError
+        raise PlannerError(f"unknown planner {name!r}; available: {', '.join(sorted(PLANNERS))}") from None
+
+
+def register_planner(name: str, fn, override: bool = False):
+    if name in PLANNERS and not override:
+        raise ValueError(f"planner {name!r} already registered")
+    PLANNERS[name] = fn

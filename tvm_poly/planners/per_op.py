@@ -1,0 +1,101 @@
+"""The per-operator planner: one kernel per operator (after the standard epilogue fusion
+TVM's FuseOps also does: conv2d/matmul + batch_norm/bias + relu, add + relu); every
+kernel loads its inputs from HBM and stores its output to HBM.  reshape/flatten/identity
+are aliases (no kernel, no copy)."""
+from __future__ import annotations
+
+from tvm_poly.graph import OpGraph
+from tvm_poly.plan import GroupPlan, Plan, TensorPlacement
+
+ALIAS_OPS = {"reshape", "identity", "dropout"}
+ELEMENTWISE = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp", "sqrt": "sqrt"}
+BINARY = {"add": "add", "subtract": "subtract", "multiply": "multiply", "divide": "divide",
+          "maximum": "max", "minimum": "min", "add_n": "add"}
+
+
+def _channel_vector(graph, tname, cout, ndim):
+    """True if tensor is a constant broadcastable as a per-channel vector for NCHW output."""
+    t = graph.tensor_map[tname]
+    if not t.is_constant:
+        return False
+    s = tuple(t.shape)
+    if len(s) == 1:
+        return s[0] == cout and ndim == 2  # row vector for matmul output [.., N]
+    full = (1,) * (ndim - len(s)) + s
+    return ndim == 4 and full[0] == 1 and full[1] == cout and full[2] == 1 and full[3] == 1
+
+
+def plan_per_op(graph: OpGraph, config=None, dtype: str = "float32") -> Plan:
+    nodes = list(graph.nodes)
+    consumers = {}
+    for n in nodes:
+        for i in n.inputs:
+            consumers.setdefault(i, []).append(n)
+    outputs = set(graph.outputs)
+
+    def sole(tensor):
+        c = consumers.get(tensor, [])
+        return c[0] if len(c) == 1 and tensor not in outputs else None
+
+    done = set()
+    groups, placements = [], []
+    tm = graph.tensor_map
+    for n in nodes:
+        if n.name in done:
+            continue
+        done.add(n.name)
+        if n.op in ALIAS_OPS:
+            placements.append(TensorPlacement(n.output, "alias", alias_of=n.inputs[0]))
+            continue
+        ops, params, out = [n.name], {}, n.output
+        inputs = list(n.inputs)
+        kind = n.op
+        if n.op in ("conv2d", "matmul"):
+            cout = tm[n.output].shape[1] if n.op == "conv2d" else tm[n.output].shape[-1]
+            ndim = len(tm[n.output].shape)
+            nxt = sole(out)
+            if nxt is not None and nxt.op == "batch_norm" and n.op == "conv2d" and \
+                    all(tm[i].is_constant for i in nxt.inputs[1:]):
+                ops.append(nxt.name); done.add(nxt.name)
+                params["bn"] = tuple(nxt.inputs[1:])
+                params["bn_eps"] = nxt.attr("epsilon", 1e-5)
+                out = nxt.output
+                nxt = sole(out)
+            if nxt is not None and nxt.op == "add" and "bn" not in params:
+                other = [i for i in nxt.inputs if i != out]
+                if len(other) == 1 and _channel_vector(graph, other[0], cout, ndim):
+                    ops.append(nxt.name); done.add(nxt.name)
+                    params["bias"] = other[0]
+                    out = nxt.output
+                    nxt = sole(out)
+            if nxt is not None and nxt.op == "relu":
+                ops.append(nxt.name); done.add(nxt.name)
+                params["act"] = "relu"
+                out = nxt.output
+        elif n.op in BINARY or n.op in ELEMENTWISE or n.op == "batch_norm":
+            kind = "batch_norm" if n.op == "batch_norm" else "elementwise"
+            if n.op in BINARY:
+                params["op"] = BINARY[n.op]
+            elif n.op in ELEMENTWISE:
+                params["op"] = ELEMENTWISE[n.op]
+            else:
+                params["bn_eps"] = n.attr("epsilon", 1e-5)
+            nxt = sole(out)
+            if nxt is not None and nxt.op == "relu" and n.op not in ELEMENTWISE:
+                ops.append(nxt.name); done.add(nxt.name)
+                params["act"] = "relu"
+                out = nxt.output
+        elif n.op in ("max_pool2d", "avg_pool2d"):
+            kind = "pool"
+            for k, v in n.attrs:
+                params[k] = v
+            params["mode"] = "max" if n.op == "max_pool2d" else "avg"
+        else:
+            for k, v in n.attrs:
+                params[k] = v
+        groups.append(GroupPlan(n.name, kind, tuple(ops), tuple(inputs), out, tuple(sorted(params.items()))))
+    aliased = {p.name for p in placements}
+    for t in graph.tensors:
+        if t.name not in aliased and not t.is_constant:
+            placements.append(TensorPlacement(t.name, "hbm"))
+    return Plan("per-op", dtype, tuple(placements), tuple(groups))
