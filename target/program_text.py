@@ -217,7 +217,8 @@ def parse_program(text: str) -> Program:
                     raise ValueError("expected: hbm NAME offset=.. shape=.. dtype=.. kind=..")
                 tname = _parse_str(m.group(1))
                 kv = dict(t.split("=", 1) for t in m.group(2).split())
-                shape = tuple(int(x) for x in kv.pop("shape").split(",")) if kv.get("shape") else ()
+                sh = kv.pop("shape", "")
+                shape = tuple(int(x) for x in sh.split(",")) if sh else ()
                 t = HbmTensor(tname, int(kv.pop("offset")), shape, kv.pop("dtype", "fp32"), kv.pop("kind", "scratch"))
                 if kv:
                     raise ValueError(f"unknown hbm fields {sorted(kv)}")
