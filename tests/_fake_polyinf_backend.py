@@ -28,11 +28,12 @@ class OpGraph:
         return OpGraph([n for n in self.nodes if n.name in names])
 
 
-def graph_from_relax(mod):
+def graph_from_relax(func_or_mod):
     from tvm import relax
 
+    func = func_or_mod if isinstance(func_or_mod, relax.Function) else func_or_mod["main"]
     nodes = []
-    for block in mod["main"].body.blocks:
+    for block in func.body.blocks:
         for b in block.bindings:
             v = b.value
             op = v.op.name if isinstance(v, relax.Call) and hasattr(v.op, "name") else type(v).__name__
@@ -40,7 +41,8 @@ def graph_from_relax(mod):
             ins = tuple(a.name for a in (v.args if isinstance(v, relax.Call) else [])
                         if isinstance(a, relax.Var))
             shape = tuple(int(s) for s in b.var.ty.shape) if ok else ()
-            nodes.append(Node(b.var.name, op, ok, "" if ok else f"{op} not in fake", ins, shape))
+            if isinstance(v, relax.Call):
+                nodes.append(Node(b.var.name, op, ok, "" if ok else f"{op} not in fake", ins, shape))
     return OpGraph(nodes)
 
 

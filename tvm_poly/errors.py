@@ -23,9 +23,17 @@ class ModelError(TvmPolyError):
 class UnsupportedOperatorError(ModelError):
     """The model uses operators nobody can compile (not even the host path)."""
 
+    PREFIX = "unsupported ONNX operator(s): "
+
     def __init__(self, ops, detail: str = ""):
+        if isinstance(ops, str):  # re-created from its message (e.g. across TVM's FFI)
+            if ops.startswith(self.PREFIX):
+                super().__init__(ops)
+                self.ops = [o.strip() for o in ops[len(self.PREFIX):].split("(")[0].split(",")]
+                return
+            ops = [ops]
         self.ops = sorted(set(ops))
-        msg = "unsupported ONNX operator(s): " + ", ".join(self.ops)
+        msg = self.PREFIX + ", ".join(self.ops)
         if detail:
             msg += f" ({detail})"
         super().__init__(msg)
@@ -58,6 +66,24 @@ class OptionError(TvmPolyError):
 class RuntimeProgramError(TvmPolyError):
     """A compiled polyinf program could not be loaded or run."""
 
+
+def _register_with_ffi() -> None:
+    """Let these errors cross TVM's FFI (e.g. raised inside a pass run by tvm.compile)
+    with their type intact instead of turning into RuntimeError."""
+    try:
+        import tvm_ffi
+    except ImportError:
+        return
+    for cls in (TvmPolyError, ModelError, UnsupportedOperatorError, DynamicShapeError,
+                InputShapeError, TargetError, PlannerError, CapacityError, OptionError,
+                RuntimeProgramError):
+        try:
+            tvm_ffi.register_error(cls.__name__, cls)
+        except Exception:  # already registered / name taken: keep going
+            pass
+
+
+_register_with_ffi()
 
 __all__ = [
     "TvmPolyError", "ModelError", "UnsupportedOperatorError", "DynamicShapeError",

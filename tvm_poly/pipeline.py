@@ -214,12 +214,6 @@ def _runs(order, is_dev):
     return runs
 
 
-class _Segment:
-    def __init__(self, index, binding_ids):
-        self.index = index
-        self.binding_ids = binding_ids
-
-
 def _import_backend():
     try:
         from . import driver, graph
@@ -242,10 +236,61 @@ def _dtype_tag(array) -> str:
     return "bfloat16" if array.dtype.name == "bfloat16" else str(array.dtype)
 
 
+def _device_flags(bindings, node_by_name, result=None):
+    """Which bindings of a dataflow block go to the device.
+
+    A binding is on the device if it is a supported graph node, or if it only exists to
+    feed/unpack one: ``TupleGetItem`` of a device node (batch_norm's item 0) and the
+    ``stack`` feeding an ``add_n`` node (ONNX Sum)."""
+    from tvm import relax
+
+    is_dev = []
+    for b in bindings:
+        node = node_by_name.get(b.var.name)
+        dev = bool(node is not None and node.supported and isinstance(b, relax.VarBinding))
+        if node is None and isinstance(b, relax.VarBinding) and \
+                isinstance(b.value, relax.TupleGetItem):
+            src = node_by_name.get(getattr(b.value.tuple_value, "name", None))
+            dev = bool(src is not None and src.supported)
+        is_dev.append(dev)
+    # Bindings the graph has no node for (aliases such as broadcast_to(x, x.shape), the
+    # stack of an ONNX Sum, constants folded at compile time) follow their users: on the
+    # device when every user is, so they never split a device run.
+    index = {b.var: i for i, b in enumerate(bindings)}
+    users = [[] for _ in bindings]
+    for i, b in enumerate(bindings):
+        for v in relax.analysis.free_vars(b.value):
+            j = index.get(v)
+            if j is not None:
+                users[j].append(i)
+    external = set(relax.analysis.free_vars(result)) if result is not None else set()
+    for i in reversed(range(len(bindings))):
+        b = bindings[i]
+        if is_dev[i] or b.var.name in node_by_name or b.var in external or not users[i]:
+            continue
+        if not isinstance(b, relax.VarBinding):
+            continue
+        if all(is_dev[u] for u in users[i]):
+            is_dev[i] = True
+    return is_dev
+
+
+def _block_external_uses(body, block):
+    """An expression whose free vars are everything used outside ``block``."""
+    from tvm import relax
+
+    exprs = [body.body]
+    for other in body.blocks:
+        if other.same_as(block):
+            continue
+        exprs.extend(b.value for b in other.bindings)
+    return relax.Tuple(exprs) if len(exprs) > 1 else exprs[0]
+
+
 def partition_module(mod, target, planner: str, dtype: str, backend=None):
     """The work of :class:`PolyinfPartition` (see the module docstring)."""
-    import numpy as np
-    import tvm
+    import warnings
+
     from tvm import relax
 
     from .targets import config_spec, load_hardware_config
@@ -255,143 +300,105 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
     dtype = check_dtype(dtype)
     spec = config_spec(target)
     config = load_hardware_config(spec)
-    graph_mod, driver = backend or _import_backend()
-
-    gv = mod.get_global_var("main") if any(g.name_hint == "main" for g in mod.get_global_vars()) else None
     info = {"planner": planner, "dtype": dtype, "config": getattr(config, "name", spec),
             "segments": [], "host_ops": [], "device_ops": 0}
-    if gv is None:
-        _LAST_COMPILE.clear(); _LAST_COMPILE.update(info)
-        return mod
-    func = mod[gv]
-    if not isinstance(func, relax.Function):
-        return mod
 
-    graph = graph_mod.graph_from_relax(mod)
-    nodes = list(_graph_nodes(graph))
-    by_var = {}
-    for node in nodes:
-        by_var[_node_var_name(node)] = node
-    info["host_ops"] = [
-        {"name": n.name, "op": _node_op(n), "reason": str(getattr(n, "reason", "") or "")}
-        for n in nodes if not n.supported]
-    info["device_ops"] = sum(1 for n in nodes if n.supported)
+    def done(result):
+        info["compile_s"] = time.perf_counter() - t0
+        _LAST_COMPILE.clear()
+        _LAST_COMPILE.update(info)
+        return result
+
+    gv = next((g for g in mod.get_global_vars() if g.name_hint == "main"), None)
+    if gv is None or not isinstance(mod[gv], relax.Function):
+        return done(mod)
+    func = mod[gv]
+    graph_mod, driver = backend or _import_backend()
+    try:
+        graph = graph_mod.graph_from_relax(func)
+    except TvmPolyError:
+        raise
+    except Exception as e:  # a construct the graph builder does not model: all on host
+        warnings.warn(f"polyinf: graph extraction failed ({type(e).__name__}: {e}); "
+                      "running the whole model on the host")
+        info["host_ops"] = [{"name": b.var.name, "op": str(getattr(b.value.op, "name", "?")),
+                             "reason": f"graph extraction failed: {e}"}
+                            for blk in func.body.blocks for b in blk.bindings
+                            if isinstance(b.value, relax.Call)]
+        return done(mod)
+    nodes = list(graph.nodes)
+    node_by_name = {n.name: n for n in nodes}
+    host_ops = [{"name": n.name, "op": n.op, "reason": n.reason} for n in nodes if not n.supported]
 
     body = func.body
-    new_blocks = []
-    seg_count = 0
-    plan_blocks = []
+    plans = []  # per block: None (keep as is) or (bindings, [(on_device, ids, names, cp)])
     for block in body.blocks:
         if not isinstance(block, relax.DataflowBlock):
-            plan_blocks.append((block, None))
+            plans.append(None)
             continue
         bindings = list(block.bindings)
-        is_dev = []
-        for b in bindings:
-            node = by_var.get(b.var.name)
-            is_dev.append(bool(node is not None and node.supported
-                               and isinstance(b, relax.VarBinding)))
-        order = _order_bindings(bindings, is_dev)
-        runs = _runs(order, is_dev)
-        plan_blocks.append((block, (bindings, runs)))
-        seg_count += sum(1 for dev, _ in runs if dev)
+        is_dev = _device_flags(bindings, node_by_name, _block_external_uses(body, block))
+        runs = []
+        for dev, ids in _runs(_order_bindings(bindings, is_dev), is_dev):
+            names = [bindings[i].var.name for i in ids if bindings[i].var.name in node_by_name]
+            cp = None
+            if dev and names:
+                try:
+                    cp = driver.compile_graph(graph.subgraph(names), config, planner=planner,
+                                              dtype=dtype)
+                except TvmPolyError:
+                    raise
+                except Exception as e:  # codegen gap: this run stays on the host
+                    warnings.warn(f"polyinf: segment {names[0]}..{names[-1]} stays on the host "
+                                  f"({type(e).__name__}: {e})")
+                    host_ops += [{"name": n, "op": node_by_name[n].op,
+                                  "reason": f"codegen: {type(e).__name__}: {e}"} for n in names]
+            runs.append((cp is not None, ids, names, cp))
+        plans.append((bindings, runs))
 
+    info["host_ops"] = host_ops
+    info["device_ops"] = sum(len(r[2]) for p in plans if p for r in p[1] if r[0])
+    seg_count = sum(1 for p in plans if p for r in p[1] if r[0])
     if seg_count == 0:
-        info["compile_s"] = time.perf_counter() - t0
-        _LAST_COMPILE.clear(); _LAST_COMPILE.update(info)
-        return mod
+        return done(mod)
 
-    config_source = getattr(config, "source", None)
     config_text = None
     if spec not in ("inf1", "inf2"):
         with open(spec, encoding="utf-8") as f:
             config_text = f.read()
 
     seg_index = 0
-    for block, plan in plan_blocks:
+    new_blocks = []
+    for block, plan in zip(body.blocks, plans):
         if plan is None:
             new_blocks.append(block)
             continue
         bindings, runs = plan
         new_bindings = []
-        for dev, ids in runs:
+        for dev, ids, names, cp in runs:
             if not dev:
                 new_bindings.extend(bindings[i] for i in ids)
                 continue
-            seg_vars = {bindings[i].var for i in ids}
-            used_later = _used_outside(body, bindings, seg_vars, ids)
-            names = [by_var[bindings[i].var.name].name for i in ids]
-            sub = graph.subgraph(names)
-            try:
-                cp = driver.compile_graph(sub, config, planner=planner, dtype=dtype)
-            except TvmPolyError:
-                raise
             new_bindings.extend(_emit_segment(
-                cp, seg_index, seg_count, bindings, ids, used_later, func, info, spec,
-                config_text, planner, dtype))
+                cp, seg_index, seg_count, bindings, ids, func, host_ops, spec, config_text,
+                planner, dtype))
             info["segments"].append({"index": seg_index, "ops": names,
                                      "instructions": cp.program.num_instructions})
             seg_index += 1
         new_blocks.append(relax.DataflowBlock(new_bindings))
 
-    new_body = relax.SeqExpr(new_blocks, body.body)
-    new_func = relax.Function(func.params, new_body, func.ret_ty, func.is_pure, func.attrs)
+    new_func = relax.Function(func.params, relax.SeqExpr(new_blocks, body.body), func.ret_ty,
+                              func.is_pure, func.attrs)
     out = mod.clone()
     out[gv] = new_func
     out = relax.transform.Normalize()(out)
-    info["compile_s"] = time.perf_counter() - t0
-    _LAST_COMPILE.clear(); _LAST_COMPILE.update(info)
-    return out
+    # host bindings whose only users moved to the device (e.g. folded weight transposes)
+    out = relax.transform.DeadCodeElimination(["main"])(out)
+    return done(out)
 
 
-def _graph_nodes(graph):
-    nodes = getattr(graph, "nodes")
-    if isinstance(nodes, dict):
-        return nodes.values()
-    return nodes
-
-
-def _node_var_name(node) -> str:
-    for attr in ("var_name", "output", "name"):
-        v = getattr(node, attr, None)
-        if isinstance(v, str):
-            return v
-    return node.name
-
-
-def _node_op(node) -> str:
-    for attr in ("op", "op_type", "kind"):
-        v = getattr(node, attr, None)
-        if v is not None:
-            return str(v)
-    return "?"
-
-
-def _used_outside(body, bindings, seg_vars, ids):
-    """Segment vars used by bindings outside the segment or by the block's result."""
-    from tvm import relax
-
-    idset = set(ids)
-    used = set()
-    for i, b in enumerate(bindings):
-        if i in idset:
-            continue
-        for v in relax.analysis.free_vars(b.value):
-            if v in seg_vars:
-                used.add(v)
-    for v in relax.analysis.free_vars(body.body):
-        if v in seg_vars:
-            used.add(v)
-    # vars of later blocks
-    for blk in body.blocks:
-        for b in blk.bindings:
-            if b.var in seg_vars:
-                continue
-    return used
-
-
-def _emit_segment(cp, seg_index, seg_count, bindings, ids, used_later, func, info, spec,
-                  config_text, planner, dtype):
+def _emit_segment(cp, seg_index, seg_count, bindings, ids, func, host_ops, spec, config_text,
+                  planner, dtype):
     """Bindings that replace one device segment."""
     import numpy as np
     import tvm
@@ -429,9 +436,9 @@ def _emit_segment(cp, seg_index, seg_count, bindings, ids, used_later, func, inf
         "constants": [[k, _dtype_tag(cp.constants[k])] for k in const_names],
         "outputs": [list(x) for x in cp.outputs],
         "planner": planner, "dtype": dtype,
-        "config": spec if config_text is None else spec,
+        "config": spec,
         "config_text": config_text,
-        "host_ops": info["host_ops"],
+        "host_ops": host_ops,
     }
     text = format_program(cp.program)
     blob = pack_blob(header, text)
