@@ -1,0 +1,1 @@
+"""Façades of old ``tvm.contrib`` modules (see :mod:`tvm_poly.relay`)."""
