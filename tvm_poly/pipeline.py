@@ -41,11 +41,12 @@ import json
 import time
 import zlib
 
-from .errors import OptionError, PlannerError, TvmPolyError
+from .errors import CapacityError, OptionError, PlannerError, TvmPolyError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 DEFAULT_OPTIONS = {"planner": "per-op", "dtype": "float32"}
 RUN_FUNC = "polyinf.run"
+BEGIN_FUNC = "polyinf.begin"
 FORMAT_VERSION = 1
 
 _OPTIONS = contextvars.ContextVar("tvm_poly_options", default=dict(DEFAULT_OPTIONS))
@@ -53,11 +54,10 @@ _OPTIONS = contextvars.ContextVar("tvm_poly_options", default=dict(DEFAULT_OPTIO
 
 def known_planners() -> tuple[str, ...]:
     try:
-        from . import driver
+        from .planners import PLANNERS
     except ImportError:
         return ("per-op",)
-    names = getattr(driver, "PLANNERS", None)
-    return tuple(names) if names else ("per-op",)
+    return tuple(PLANNERS)
 
 
 def check_planner(planner: str) -> str:
@@ -291,6 +291,7 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
     """The work of :class:`PolyinfPartition` (see the module docstring)."""
     import warnings
 
+    import tvm
     from tvm import relax
 
     from .targets import config_spec, load_hardware_config
@@ -349,6 +350,10 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
                 except TvmPolyError:
                     raise
                 except Exception as e:  # codegen gap: this run stays on the host
+                    if type(e).__name__ == "AllocationError":  # SBUF/PSUM too small: user error
+                        raise CapacityError(
+                            f"hardware config {getattr(config, 'name', spec)!r} cannot hold the "
+                            f"tiles of {names[0]}: {e}") from e
                     warnings.warn(f"polyinf: segment {names[0]}..{names[-1]} stays on the host "
                                   f"({type(e).__name__}: {e})")
                     host_ops += [{"name": n, "op": node_by_name[n].op,
@@ -359,8 +364,6 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
     info["host_ops"] = host_ops
     info["device_ops"] = sum(len(r[2]) for p in plans if p for r in p[1] if r[0])
     seg_count = sum(1 for p in plans if p for r in p[1] if r[0])
-    if seg_count == 0:
-        return done(mod)
 
     config_text = None
     if spec not in ("inf1", "inf2"):
@@ -387,8 +390,18 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
             seg_index += 1
         new_blocks.append(relax.DataflowBlock(new_bindings))
 
-    new_func = relax.Function(func.params, relax.SeqExpr(new_blocks, body.body), func.ret_ty,
-                              func.is_pure, func.attrs)
+    # Every inference starts with polyinf.begin: it opens the report of this run (so a
+    # model with no offloaded operator still reports its host_ops, and no stale report
+    # of an earlier model survives).
+    meta = {"planner": planner, "dtype": dtype, "config": info["config"],
+            "host_ops": host_ops, "num_segments": seg_count}
+    begin = relax.Call(relax.ExternFunc(BEGIN_FUNC), [tvm.ir.StringImm(json.dumps(meta))],
+                       None, [relax.ObjectType()])
+    begin_block = relax.BindingBlock([relax.VarBinding(relax.Var("_polyinf_begin",
+                                                                 relax.ObjectType()), begin)])
+    new_func = relax.Function(func.params, relax.SeqExpr([begin_block] + new_blocks, body.body),
+                              func.ret_ty, func.is_pure, func.attrs)
+    new_func = new_func.with_attr("relax.force_pure", True)
     out = mod.clone()
     out[gv] = new_func
     out = relax.transform.Normalize()(out)
@@ -415,7 +428,8 @@ def _emit_segment(cp, seg_index, seg_count, bindings, ids, func, host_ops, spec,
             seg_vars[b.var.name] = b.var
 
     in_exprs = []
-    for hbm_name, tname in cp.inputs:
+    inputs = tuple(cp.inputs) + tuple(getattr(cp, "runtime_weights", ()))
+    for hbm_name, tname in inputs:
         expr = name_to_expr.get(tname)
         if expr is None:
             raise TvmPolyError(f"polyinf segment input {tname!r} not found in main")
@@ -432,7 +446,7 @@ def _emit_segment(cp, seg_index, seg_count, bindings, ids, func, host_ops, spec,
     header = {
         "version": FORMAT_VERSION,
         "segment": seg_index, "num_segments": seg_count,
-        "inputs": [list(x) for x in cp.inputs],
+        "inputs": [list(x) for x in inputs],
         "constants": [[k, _dtype_tag(cp.constants[k])] for k in const_names],
         "outputs": [list(x) for x in cp.outputs],
         "planner": planner, "dtype": dtype,

@@ -22,6 +22,13 @@ _STATE = {"report": None, "trace": None}
 _TRACE_SINK = {"path": None}
 _registered = False
 
+# fields every report has, even for an inference that offloaded nothing
+REPORT_FIELDS = {
+    "cycles": 0, "latency_us": 0.0, "hbm_read_bytes": 0, "hbm_write_bytes": 0,
+    "dma_transfer_count": 0, "dma_transfer_total_bytes": 0, "dma_stall_cycles": 0,
+    "engine_active_cycles": {}, "sbuf_peak_bytes": 0, "psum_peak_bytes": 0, "macs": 0,
+}
+
 # report fields that are peaks (merged with max) rather than totals (summed)
 _MAX_FIELDS = ("peak",)
 
@@ -47,7 +54,8 @@ class Report:
         self._merged = _merge(self._merged, d) if self._merged else d
 
     def to_dict(self) -> dict:
-        d = dict(self._merged)
+        d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in REPORT_FIELDS.items()}
+        d.update(self._merged)
         reps = [_report_dict(r) for r in self.segment_reports]
         if len(reps) > 1:
             for k in ("config", "program", "report_clock_ghz"):
@@ -239,16 +247,30 @@ def run_segment(key, blob, *args):
     if trace_path and h["segment"] > 0:
         stem, ext = os.path.splitext(trace_path)
         trace_path = f"{stem}.seg{h['segment']}{ext or '.json'}"
-    results, report = _simulate(e, values, trace_path)
+    try:
+        results, report = _simulate(e, values, trace_path)
+    except Exception as err:
+        from target.errors import SimulationError
+
+        if isinstance(err, SimulationError):
+            raise RuntimeProgramError(f"simulation failed: {err}") from err
+        raise
     for (hbm, _g), t in zip(h["outputs"], outs):
         dst = _to_numpy(t)
         src = results[hbm]
         dst[...] = src.reshape(dst.shape).astype(dst.dtype, copy=False)
-    if h["segment"] == 0 or _STATE["report"] is None:
+    if _STATE["report"] is None:
         _STATE["report"] = Report({
             "planner": h["planner"], "dtype": h["dtype"], "config": e.config.name
             if hasattr(e.config, "name") else h["config"], "host_ops": h["host_ops"]})
     _STATE["report"].add(report)
+
+
+def begin_run(meta_json) -> None:
+    """``polyinf.begin``: the first call of every polyinf inference; opens its report."""
+    meta = json.loads(str(meta_json))
+    meta.pop("num_segments", None)
+    _STATE["report"] = Report(meta)
 
 
 def register() -> None:
@@ -259,6 +281,7 @@ def register() -> None:
     import tvm
 
     tvm.register_global_func("polyinf.run", run_segment, override=True)
+    tvm.register_global_func("polyinf.begin", begin_run, override=True)
     _registered = True
 
 
