@@ -42,3 +42,29 @@ def lower_batch_norm(ctx, g):
     x = ctx.value(g.inputs[0])
     out = ctx.out(g.output)
     channel_affine(ctx.em, x, out, sc, sh, func=g.param("act") or "identity", cdt=ctx.cdt)
+
+
+@register_lowering("conv2d")
+def lower_conv2d(ctx, g):
+    from .conv import conv2d
+
+    node = ctx.node(g.ops[0])
+    wname = node.inputs[1]
+    winfo = ctx.info(wname)
+    if not winfo.is_constant:
+        raise CodegenError(f"{g.tag}: conv2d weights must be compile-time constants")
+    pad = tuple(node.attr("padding", (0, 0, 0, 0)))
+    if len(pad) == 2:
+        pad = (pad[0], pad[1], pad[0], pad[1])
+    pad = (pad[0], pad[1], pad[2], pad[3])  # relax: (top, left, bottom, right)
+    stride = tuple(node.attr("strides", (1, 1)))
+    scale = bias = None
+    if g.param("bn"):
+        scale, bias = bn_scale_shift(ctx, g.param("bn"), g.param("bn_eps", 1e-5))
+    if g.param("bias"):
+        b = np.asarray(ctx.info(g.param("bias")).value, np.float32).reshape(-1)
+        bias = b if bias is None else bias + b
+    x = ctx.value(g.inputs[0])
+    out = ctx.out(g.output)
+    conv2d(ctx.em, x, out, np.asarray(winfo.value, np.float32), stride, pad, int(node.attr("groups", 1)),
+           ctx.const, scale=scale, bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt)

@@ -1,0 +1,352 @@
+"""conv2d on the Tensor engine (NCHW / OIHW, any stride and padding, groups, dilation 1).
+
+Schedule (per image n, per band of output rows; one band when everything fits):
+
+* **channel mode** (C >= 16): input channels on partitions.  C <= 128 -> one tile; C a multiple
+  of 128 -> *blocked* mapping (channel p*CT + j on partition p, plane j), so a whole band
+  of all CT planes is ONE DMA with CT*H*W contiguous elements per partition (long runs even
+  for 7x7 maps); otherwise cyclic tiles of 128.  Output channels use the same mapping.
+  With padding the band is loaded contiguously and copied (GpSimd) into a zeroed padded tile.
+  For every output-channel tile and every block of <= 512 output pixels (whole rows), all
+  (input-tile, tap) pairs accumulate into one PSUM bank: stationary = weight block
+  [c, k] (laid out at compile time, one DMA per K-group), moving = the shifted, strided window
+  of the input tile (2-D free AP).  Groups are expanded to dense block-diagonal weights and
+  all-zero blocks are skipped (depthwise = diagonal 128x128 blocks: full PE rows).
+* **packed mode** (few input channels, e.g. the C=3 stem): (c, r, s) taps on partitions
+  (im2col by DMA, one DMA per tap row), so 7x7x3 = 147 rows use 2 matmuls per pixel block.
+* Epilogue: the PSUM->SBUF evacuation is one Scalar-engine Activation
+  ``func(psum * scale[k] + bias[k])`` (folded batch norm / bias, ReLU), into an output tile
+  stored with large DMAs split over the queues.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from target import isa
+from .emitter import AllocationError, CodegenError, Emitter
+from .values import Value
+
+
+class ChanMap:
+    """Channel <-> (tile j, partition p) mapping."""
+
+    def __init__(self, C: int, P: int):
+        self.C = C
+        if C <= P:
+            self.T, self.parts, self.blocked = 1, C, False
+        elif C % P == 0:
+            self.T, self.parts, self.blocked = C // P, P, True
+        else:
+            self.T, self.parts, self.blocked = -(-C // P), P, False
+        self.P = P
+
+    def nparts(self, j):
+        if self.blocked or self.T == 1:
+            return self.parts
+        return min(self.P, self.C - j * self.P)
+
+    def index(self):
+        """[T, parts] channel index (or C for 'none')."""
+        idx = np.full((self.T, self.parts), self.C, dtype=np.int64)
+        for j in range(self.T):
+            for p in range(self.nparts(j)):
+                idx[j, p] = p * self.T + j if self.blocked else j * self.P + p
+        return idx
+
+
+def _out_hw(H, W, R, S, stride, pad):
+    sh, sw = stride
+    pt, pl, pb, pr = pad
+    return (H + pt + pb - R) // sh + 1, (W + pl + pr - S) // sw + 1
+
+
+def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, groups: int,
+           const, scale=None, bias=None, func: str = "identity", cdt: str = "fp32"):
+    """weight: [K, C/groups, R, S] numpy; scale/bias: [K] numpy or None (folded at compile time);
+    const(name, array, dtype) -> Value creates compile-time HBM constants."""
+    N, C, H, W = x.shape
+    K, Cg, R, S = weight.shape
+    sh, sw = stride
+    pt, pl, pb, pr = pad
+    OH, OW = _out_hw(H, W, R, S, stride, pad)
+    if tuple(out.shape) != (N, K, OH, OW):
+        raise CodegenError(f"conv2d output shape {out.shape} != {(N, K, OH, OW)}")
+    P = em.partitions
+    it = isa.DTYPES[cdt]
+    # dense (block-diagonal for groups) weight [K, C, R, S]
+    w = np.asarray(weight, dtype=np.float32)
+    if groups > 1:
+        if K * C * R * S > 64_000_000:
+            raise CodegenError("grouped conv too large for dense block expansion")
+        wd = np.zeros((K, C, R, S), np.float32)
+        Kg = K // groups
+        for g in range(groups):
+            wd[g * Kg:(g + 1) * Kg, g * Cg:(g + 1) * Cg] = w[g * Kg:(g + 1) * Kg]
+        w = wd
+    packed = groups == 1 and C < 16 and R * S > 1
+    km = ChanMap(K, P)
+    Mk = km.parts
+    kidx = km.index()  # [KT, Mk]
+    KT = km.T
+
+    # ---------------------------------------------------------------- epilogue columns
+    cols = None
+    if scale is not None or bias is not None:
+        sc = np.ones(K, np.float32) if scale is None else np.asarray(scale, np.float32)
+        bi = np.zeros(K, np.float32) if bias is None else np.asarray(bias, np.float32)
+        sce, bie = np.append(sc, 0.0), np.append(bi, 0.0)
+        arr = np.zeros((Mk, 2 * KT), np.float32)
+        arr[:, :KT] = sce[kidx].T
+        arr[:, KT:] = bie[kidx].T
+        cv = const(f"{em.tag.split(':')[0]}/epilogue", arr, "fp32")
+        cols = em.sbuf_tile(Mk, 2 * KT * 4, "fp32", "conv_cols")
+        em.dma(cols.ap((2 * KT,), partitions=Mk), cv.flat_ap(0, Mk, 2 * KT, (2 * KT,), (1,)))
+
+    def epi(jk, nk):
+        if cols is None:
+            return 1.0, 0.0
+        return (cols.ap((1,), elem_offset=jk, partitions=nk),
+                cols.ap((1,), elem_offset=KT + jk, partitions=nk))
+
+    # ---------------------------------------------------------------- contraction blocks
+    wext = np.zeros((K + 1, C + 1, R, S), np.float32)
+    wext[:K, :C] = w
+    if packed:
+        taps = [(c, r, s) for c in range(C) for r in range(R) for s in range(S)]
+        nQ = -(-len(taps) // P)
+        qsz = -(-len(taps) // nQ)
+        chunks = [taps[i:i + qsz] for i in range(0, len(taps), qsz)]
+        rows = max(len(q) for q in chunks)
+        # blocks: (q, jk)
+        blocks_by_jk = {jk: [(q,) for q in range(len(chunks))] for jk in range(KT)}
+        arr = np.zeros((rows, len(chunks), KT, Mk), np.float32)
+        for q, ch in enumerate(chunks):
+            for p, (c, r, s) in enumerate(ch):
+                arr[p, q] = wext[kidx, c, r, s]
+        nblk = len(chunks) * KT
+        wparts = rows
+        blk_off = {(q, jk): (q * KT + jk) * Mk for q in range(len(chunks)) for jk in range(KT)}
+        kgroups = [list(range(KT))]
+        wconsts = [arr.reshape(rows, -1)]
+    else:
+        cm = ChanMap(C, P)
+        cidx = cm.index()  # [CT, parts]
+        CT = cm.T
+        # A[jk, m, j, p, tap] = w[kidx[jk, m], cidx[j, p], tap]
+        A = wext.reshape(K + 1, C + 1, R * S)[kidx][:, :, cidx]  # [KT, Mk, CT, parts, RS]
+        nz = np.abs(A).sum(axis=(1, 3, 4)) > 0  # [KT, CT]
+        wparts = cm.parts
+        wbytes_all = int(nz.sum()) * R * S * Mk * it
+        budget = em.sbuf.largest_free() // 3
+        if wbytes_all <= budget:
+            kgroups = [list(range(KT))]
+        else:
+            per_kt = max(int(nz[jk].sum()) for jk in range(KT)) * R * S * Mk * it
+            g = max(1, (budget // 2) // max(per_kt, 1))
+            kgroups = [list(range(i, min(KT, i + g))) for i in range(0, KT, g)]
+        wconsts, blk_off, blocks_by_jk = [], {}, {}
+        for grp in kgroups:
+            blist = [(j, t, jk) for jk in grp for j in range(CT) if nz[jk, j] for t in range(R * S)]
+            arr = np.zeros((cm.parts, max(1, len(blist)), Mk), np.float32)
+            for b, (j, t, jk) in enumerate(blist):
+                arr[:, b, :] = A[jk, :, j, :, t].T
+                blk_off[(j, t, jk)] = b * Mk
+            for jk in grp:
+                blocks_by_jk[jk] = [(j, t) for (j, t, k2) in blist if k2 == jk]
+            wconsts.append(arr.reshape(cm.parts, -1))
+
+    tagbase = em.tag.split(":")[0]
+    wvals = [const(f"{tagbase}/w{gi}", a, cdt) for gi, a in enumerate(wconsts)]
+    wsize = max(a.shape[1] for a in wconsts)
+    wpool = em.pool("sbuf", wparts, wsize * it, cdt, 1 if len(kgroups) == 1 else 2, "conv_w")
+
+    # ---------------------------------------------------------------- bands
+    def in_rows(bo):
+        return (bo - 1) * sh + R
+
+    Wp = W + pl + pr
+    Wu = (OW - 1) * sw + 1
+
+    def band_bytes(bo):
+        if packed:
+            return len(chunks) * bo * Wu * it + KT * bo * OW * it
+        rows_p = in_rows(bo)
+        b = CT * rows_p * W * it
+        if any(pad):
+            b += CT * rows_p * Wp * it
+        return b + KT * bo * OW * it
+
+    free = em.sbuf.largest_free() - wpool.tiles[0].nbytes * 0  # pool already allocated
+    bo = OH
+    while bo > 1 and band_bytes(bo) > free * 0.9:
+        bo = -(-bo // 2)
+    nbands = -(-OH // bo)
+    if N * nbands > 1:
+        while bo > 1 and 2 * band_bytes(bo) > free * 0.9:
+            bo = -(-bo // 2)
+        nbands = -(-OH // bo)
+    if band_bytes(bo) > free:
+        raise AllocationError(f"conv2d {x.shape}->{out.shape}: one output row needs "
+                              f"{band_bytes(1)} B per partition, {free} B free")
+    nb = 2 if N * nbands > 1 else 1
+    if packed:
+        in_pools = [em.pool("sbuf", len(ch), bo * Wu * it, cdt, nb, f"conv_in{q}_") for q, ch in enumerate(chunks)]
+        pad_pool = None
+    else:
+        in_pool = em.pool("sbuf", cm.parts, CT * in_rows(bo) * W * it, cdt, nb, "conv_in")
+        pad_pool = em.pool("sbuf", cm.parts, CT * in_rows(bo) * Wp * it, cdt, nb, "conv_pad") if any(pad) else None
+    out_pool = em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_out")
+    psum_pool = em.pool("psum", Mk, None, "fp32", min(4, em.psum_banks), "conv_ps")
+
+    # pixel blocks inside a band
+    maxn = em.max_moving_free
+
+    def pix_blocks(nrows):
+        if OW <= maxn:
+            rpb = max(1, maxn // OW)
+            rpb = -(-nrows // (-(-nrows // rpb)))  # balance
+            return [(t0, min(rpb, nrows - t0), 0, OW) for t0 in range(0, nrows, rpb)]
+        cpb = -(-OW // (-(-OW // maxn)))
+        return [(t0, 1, c0, min(cpb, OW - c0)) for t0 in range(nrows) for c0 in range(0, OW, cpb)]
+
+    def load_band(n, oh0, nbo):
+        """Issue the DMAs (and pad copies) of one band; returns a moving-AP function."""
+        if packed:
+            tiles = [p.next() for p in in_pools]
+            has_pad = any(pad)
+            for q, ch in enumerate(chunks):
+                tq = tiles[q]
+                if has_pad:
+                    em.memset(tq.ap((nbo * Wu,), partitions=len(ch)), 0.0)
+                for i, (c, r, s) in enumerate(ch):
+                    # rows t: ih = (oh0+t)*sh + r - pt in [0, H)
+                    t_lo = max(0, -(-(pt - r - oh0 * sh) // sh))
+                    t_hi = min(nbo, (H - 1 + pt - r - oh0 * sh) // sh + 1)
+                    u_lo = max(0, pl - s)
+                    u_hi = min(Wu, W + pl - s)
+                    if t_hi <= t_lo or u_hi <= u_lo:
+                        continue
+                    ih = (oh0 + t_lo) * sh + r - pt
+                    iw = u_lo + s - pl
+                    em.dma(tq.ap((t_hi - t_lo, u_hi - u_lo), (Wu, 1), t_lo * Wu + u_lo, partitions=1, start=i),
+                           x.flat_ap((n * C + c) * H * W + ih * W + iw, 1, 0, (t_hi - t_lo, u_hi - u_lo), (sh * W, 1)))
+
+            def mov(blk, t0, nr, ow0, nw):
+                (q,) = blk
+                return tiles[q].ap((nr, nw), (Wu, sw), t0 * Wu + ow0 * sw, partitions=len(chunks[q]))
+            return mov
+        # channel mode: padded-coordinate input rows [oh0*sh, oh0*sh + in_rows)
+        nrows_p = in_rows(nbo)
+        r0p = oh0 * sh
+        ih0 = max(0, r0p - pt)
+        ih1 = min(H, r0p + nrows_p - pt)
+        nvalid = ih1 - ih0
+        st = in_pool.next()
+        plane_s = in_rows(bo) * W
+        if cm.blocked:
+            em.dma_split(st.ap((CT, nvalid * W), (plane_s, 1)),
+                         x.flat_ap(n * C * H * W + ih0 * W, cm.parts, CT * H * W, (CT, nvalid * W), (H * W, 1)))
+        else:
+            for j in range(CT):
+                nc = cm.nparts(j)
+                em.dma_split(st.ap((nvalid * W,), elem_offset=j * plane_s, partitions=nc),
+                             x.chan_ap(n, j * P, nc, ih0 * W, (nvalid * W,), (1,)))
+        if pad_pool is None:
+            base, row, plane = st, W, plane_s
+            roff = r0p - ih0  # 0 without padding
+        else:
+            pt_ = pad_pool.next()
+            plane = in_rows(bo) * Wp
+            em.memset(pt_.ap((CT * plane,)), 0.0)
+            dr = ih0 + pt - r0p  # first valid row inside the padded band
+            for j in range(CT):
+                nc = cm.nparts(j)
+                em.copy(pt_.ap((nvalid, W), (Wp, 1), j * plane + dr * Wp + pl, partitions=nc),
+                        st.ap((nvalid, W), (W, 1), j * plane_s, partitions=nc), stream="gpsimd")
+            base, row, roff = pt_, Wp, 0
+
+        def mov(blk, t0, nr, ow0, nw):
+            j, t = blk
+            r, s = divmod(t, S)
+            off = j * plane + (t0 * sh + r + roff) * row + ow0 * sw + s
+            if nr == 1:
+                return base.ap((nw,), (sw,), off, partitions=cm.nparts(j))
+            return base.ap((nr, nw), (sh * row, sw), off, partitions=cm.nparts(j))
+        return mov
+
+    def stat(gi, blk, jk, nk):
+        key = (blk[0], jk) if packed else (blk[0], blk[1], jk)
+        np_ = len(chunks[blk[0]]) if packed else cm.nparts(blk[0])
+        return wtiles[gi].ap((nk,), (1,), blk_off[key], partitions=np_)
+
+    def load_weights(gi):
+        t = wpool.next()
+        a = wconsts[gi]
+        em.dma_split(t.ap((a.shape[1],), partitions=a.shape[0]),
+                     wvals[gi].flat_ap(0, a.shape[0], a.shape[1], (a.shape[1],), (1,)))
+        return t
+
+    bands = [(n, oh0, min(bo, OH - oh0)) for n in range(N) for oh0 in range(0, OH, bo)]
+    wtiles = {}
+    weights_once = len(kgroups) == 1
+    if weights_once:
+        wtiles[0] = load_weights(0)
+    nxt = load_band(*bands[0])
+    for bi_, (n, oh0, nbo) in enumerate(bands):
+        mov = nxt
+        ot = out_pool.next()
+        stores_now = nbo * OW * it >= 2048 and KT > 1
+        for gi, grp in enumerate(kgroups):
+            if not weights_once:
+                if gi == 0 and 0 not in wtiles:
+                    wtiles[0] = load_weights(0)
+                if gi + 1 < len(kgroups):
+                    wtiles[gi + 1] = load_weights(gi + 1)  # prefetch next K-group
+            if gi == len(kgroups) - 1 and bi_ + 1 < len(bands):
+                nxt = load_band(*bands[bi_ + 1])  # prefetch next band before our stores
+            for jk in grp:
+                nk = Mk if km.blocked or KT == 1 else min(P, K - jk * P)
+                blks = blocks_by_jk[jk]
+                for (t0, nr, ow0, nw) in pix_blocks(nbo):
+                    ps = psum_pool.next()
+                    dst = ps.ap((nr * nw,), partitions=nk)
+                    for bi2, blk in enumerate(blks):
+                        em.matmul(dst, stat(gi, blk, jk, nk), mov(blk, t0, nr, ow0, nw),
+                                  start=bi2 == 0, stop=bi2 == len(blks) - 1)
+                    sc, bb = epi(jk, nk)
+                    o_off = jk * bo * OW + t0 * OW + ow0
+                    dst_o = ot.ap((nr, nw), (OW, 1), o_off, partitions=nk) if nr > 1 else \
+                        ot.ap((nw,), (1,), o_off, partitions=nk)
+                    em.act(dst_o, dst, func=func, scale=sc, bias=bb)
+                if stores_now:
+                    _store(em, out, ot, km, n, jk, jk + 1, oh0, nbo, bo, OW, OH, P)
+            if not weights_once and gi + 2 < len(kgroups):
+                pass
+        if not stores_now:
+            _store(em, out, ot, km, n, 0, KT, oh0, nbo, bo, OW, OH, P)
+    # release
+    wpool.release()
+    out_pool.release()
+    psum_pool.release()
+    if packed:
+        for p in in_pools:
+            p.release()
+    else:
+        in_pool.release()
+        if pad_pool is not None:
+            pad_pool.release()
+    if cols is not None:
+        em.free(cols)
+
+
+def _store(em, out, ot, km, n, j0, j1, oh0, nbo, bo, OW, OH, P):
+    K = km.C
+    if km.blocked:
+        em.dma_split(out.flat_ap(n * K * OH * OW + oh0 * OW + j0 * OH * OW, km.parts, km.T * OH * OW,
+                                 (j1 - j0, nbo * OW), (OH * OW, 1)),
+                     ot.ap((j1 - j0, nbo * OW), (bo * OW, 1), j0 * bo * OW))
+        return
+    for jk in range(j0, j1):
+        nk = km.nparts(jk)
+        em.dma_split(out.chan_ap(n, jk * P, nk, oh0 * OW, (nbo * OW,), (1,)),
+                     ot.ap((nbo * OW,), (1,), jk * bo * OW, partitions=nk))

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+from tests.codegen_util import TOL, GraphBuilder, rel_err
+from tvm_poly.driver import compile_graph
+
+
+def conv_ref(x, w, stride, pad, groups=1):
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    pt, pl, pb, pr = pad
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    OH = (H + pt + pb - R) // stride[0] + 1
+    OW = (W + pl + pr - S) // stride[1] + 1
+    out = np.zeros((N, K, OH, OW))
+    Kg = K // groups
+    for g in range(groups):
+        for r in range(R):
+            for s in range(S):
+                win = xp[:, g * Cg:(g + 1) * Cg, r:r + stride[0] * OH:stride[0], s:s + stride[1] * OW:stride[1]]
+                out[:, g * Kg:(g + 1) * Kg] += np.einsum("nchw,kc->nkhw", win, w[g * Kg:(g + 1) * Kg, :, r, s])
+    return out
+
+
+def run_conv(xs, ws, stride, pad, groups=1, dtype="float32", bn=False, relu=False, bias=False, seed=0):
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder()
+    x = b.input("x", xs)
+    wv = (rng.standard_normal(ws) / np.sqrt(ws[1] * ws[2] * ws[3])).astype(np.float32)
+    w = b.const("w", wv)
+    ref = conv_ref(rng.standard_normal(xs).astype(np.float32) * 0, wv, stride, pad, groups)
+    y = b.op("conv2d", [x, w], ref.shape, strides=stride, padding=pad, groups=groups, dilation=(1, 1))
+    K = ws[0]
+    consts = {}
+    if bn:
+        consts = dict(g=rng.uniform(0.5, 2, K), be=rng.standard_normal(K), m=rng.standard_normal(K),
+                      v=rng.uniform(0.5, 2, K))
+        ins = [b.const(k, v) for k, v in consts.items()]
+        y = b.op("batch_norm", [y] + ins, ref.shape, epsilon=1e-5, axis=1)
+    if bias:
+        bv = rng.standard_normal((1, K, 1, 1)).astype(np.float32)
+        y = b.op("add", [y, b.const("bias", bv)], ref.shape)
+    if relu:
+        y = b.op("relu", [y], ref.shape)
+    g = b.build(y)
+    cp = compile_graph(g, "inf2", dtype=dtype)
+    xv = rng.standard_normal(xs).astype(np.float32)
+    outs, rep = cp.run({"x": xv})
+    ref = conv_ref(xv, wv, stride, pad, groups)
+    if bn:
+        sc = consts["g"] / np.sqrt(consts["v"] + 1e-5)
+        ref = ref * sc[None, :, None, None] + (consts["be"] - consts["m"] * sc)[None, :, None, None]
+    if bias:
+        ref = ref + bv
+    if relu:
+        ref = np.maximum(ref, 0)
+    return rel_err(outs[y], ref), cp, rep
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("xs,ws,stride,pad,groups", [
+    ((1, 64, 14, 14), (64, 64, 3, 3), (1, 1), (1, 1, 1, 1), 1),
+    ((1, 256, 7, 7), (384, 256, 1, 1), (1, 1), (0, 0, 0, 0), 1),       # blocked in/out, 3 k tiles
+    ((1, 256, 14, 14), (512, 256, 1, 1), (2, 2), (0, 0, 0, 0), 1),    # strided 1x1 (downsample)
+    ((2, 200, 9, 9), (136, 200, 3, 3), (2, 2), (1, 0, 2, 1), 1),      # cyclic tiles, asym pad, N=2
+    ((1, 3, 32, 32), (16, 3, 7, 7), (2, 2), (3, 3, 3, 3), 1),          # packed stem
+    ((1, 160, 10, 10), (160, 1, 3, 3), (1, 1), (1, 1, 1, 1), 160),    # depthwise
+    ((1, 48, 8, 8), (96, 16, 3, 3), (1, 1), (1, 1, 1, 1), 3),         # grouped
+    ((1, 16, 4, 600), (32, 16, 1, 3), (1, 1), (0, 1, 0, 1), 1),        # wide rows (> 512 pixels)
+])
+def test_conv2d(xs, ws, stride, pad, groups, dtype):
+    err, cp, rep = run_conv(xs, ws, stride, pad, groups, dtype)
+    assert err <= TOL[dtype], err
+    assert rep.macs > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_conv_bn_relu_fused(dtype):
+    err, cp, rep = run_conv((1, 64, 12, 12), (128, 64, 3, 3), (1, 1), (1, 1, 1, 1), 1, dtype, bn=True, relu=True)
+    assert err <= TOL[dtype]
+    assert len(cp.plan.groups) == 1 and cp.plan.groups[0].ops == ("lv0", "lv1", "lv2")
+    # one Activation per PSUM block: the epilogue is fused into the evacuation
+    acts = [i for i in cp.program.stream("scalar")]
+    assert all(a.func == "relu" for a in acts)
+
+
+def test_conv_bias_add_fused():
+    err, cp, _ = run_conv((1, 32, 8, 8), (64, 32, 3, 3), (1, 1), (1, 1, 1, 1), 1, bias=True, relu=True)
+    assert err <= 1e-5
+    assert len(cp.plan.groups) == 1
+
+
+def test_stem_packs_taps_on_partitions():
+    err, cp, rep = run_conv((1, 3, 64, 64), (64, 3, 7, 7), (2, 2), (3, 3, 3, 3), 1, bn=True, relu=True)
+    assert err <= 1e-5
+    mms = cp.program.stream("tensor")
+    # 147 (c, r, s) rows -> 2 matmuls per pixel block
+    assert max(m.stationary.num_partitions for m in mms) > 64
+    assert len(mms) == 2 * -(-32 * 32 // 512)
