@@ -80,13 +80,13 @@ def make_target(spec="polyinf"):
         return tvm.target.Target(spec)
     if spec in CONFIG_NAMES:
         return tvm.target.Target(_tag_config(spec))
+    if spec.startswith("polyinf/") and not spec.endswith(".toml"):
+        raise TargetError(
+            f"unknown target {spec!r}; known: {', '.join(TAGS)} or a path to a config .toml")
     if spec.endswith(".toml") or os.sep in spec:
         path = os.path.abspath(os.path.expanduser(spec))
         load_hardware_config(path)  # validate now: a bad file is a TargetError here
         return tvm.target.Target(_tag_config(path))
-    if spec.startswith("polyinf/"):
-        raise TargetError(
-            f"unknown target {spec!r}; known: {', '.join(TAGS)} or a path to a config .toml")
     try:
         t = tvm.target.Target(spec)
     except Exception as e:  # TVM raises ValueError for unknown kinds
