@@ -68,3 +68,27 @@ def lower_conv2d(ctx, g):
     out = ctx.out(g.output)
     conv2d(ctx.em, x, out, np.asarray(winfo.value, np.float32), stride, pad, int(node.attr("groups", 1)),
            ctx.const, scale=scale, bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt)
+
+
+@register_lowering("matmul")
+def lower_matmul(ctx, g):
+    from .matmul import matmul
+
+    a, b = (ctx.value(i) for i in g.inputs[:2])
+    bias = ctx.const_value(g.param("bias"), "fp32") if g.param("bias") else None
+    matmul(ctx.em, a, b, ctx.out(g.output), bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt)
+
+
+@register_lowering("pool")
+def lower_pool(ctx, g):
+    from .pool import pool2d
+
+    if g.param("layout", "NCHW") != "NCHW":
+        raise CodegenError(f"{g.tag}: pool layout {g.param('layout')}")
+    pad = tuple(g.param("padding", (0, 0, 0, 0)))
+    if len(pad) == 2:
+        pad = (pad[0], pad[1], pad[0], pad[1])
+    if tuple(g.param("dilation", (1, 1))) != (1, 1):
+        raise CodegenError(f"{g.tag}: pool dilation")
+    pool2d(ctx.em, ctx.value(g.inputs[0]), ctx.out(g.output), g.param("mode"), tuple(g.param("pool_size")),
+           tuple(g.param("strides", (1, 1))), pad, bool(g.param("count_include_pad", False)), ctx.const, ctx.cdt)

@@ -1,0 +1,131 @@
+"""matmul / dense / Gemm on the Tensor engine: out[M, N] = A[M, Kd] @ B[Kd, N] (+ bias[N]) (relu).
+
+* Contraction Kd on partitions with the *blocked* mapping k = p*KT + j (KT = Kd/128 planes) when
+  Kd is a multiple of 128, so B (natural row-major [Kd, N]) loads as ONE DMA with KT*N
+  contiguous elements per partition (no compile-time re-layout needed), else cyclic tiles.
+* stationary = A^T plane j [k, m<=128]: by a strided DMA when M is small (<= 16 rows), else
+  loaded row-major (long runs) and transposed on the Tensor engine (Transpose -> PSUM -> copy).
+* moving = B plane j [k, n<=512]; all KT planes accumulate into one PSUM bank.
+* Epilogue: bias along the free axis is a Vector add reading PSUM against a bias tile
+  replicated over the M partitions (one DMA with partition stride 0); ReLU on the Scalar engine
+  (or directly as the PSUM evacuation when there is no bias).
+* B is split into column chunks when it does not fit SBUF (double-buffered).
+"""
+from __future__ import annotations
+
+from target import isa
+from .emitter import CodegenError, Emitter
+from .values import Value, prod
+
+SMALL_M = 16
+
+
+def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func: str = "identity",
+           cdt: str = "fp32"):
+    if len(b.shape) != 2:
+        raise CodegenError(f"matmul with batched right operand {b.shape} is not supported")
+    Kd, N = b.shape
+    M = prod(a.shape[:-1])
+    if a.shape[-1] != Kd or prod(out.shape) != M * N:
+        raise CodegenError(f"matmul shapes {a.shape} @ {b.shape} -> {out.shape}")
+    P = em.partitions
+    it = isa.DTYPES[cdt]
+    blocked = Kd > P and Kd % P == 0
+    KT = Kd // P if blocked else -(-Kd // P)
+    parts = P if Kd >= P else Kd
+
+    def kparts(j):
+        return parts if blocked or KT == 1 else min(P, Kd - j * P)
+
+    # ---- B column chunks
+    maxn = em.max_moving_free
+    budget = em.sbuf.largest_free() // 2
+    NC = N
+    while NC > maxn and KT * NC * it > budget // 2:
+        NC = -(-NC // 2)
+    if KT * NC * it > budget:
+        raise CodegenError(f"matmul: B [{Kd}, {N}] chunk does not fit SBUF")
+    nchunks = -(-N // NC)
+    bpool = em.pool("sbuf", parts, KT * NC * it, cdt, 2 if nchunks > 1 else 1, "mm_b")
+
+    def load_b(c):
+        n0, nn = c * NC, min(NC, N - c * NC)
+        t = bpool.next()
+        if blocked or KT == 1:
+            em.dma_split(t.ap((KT, nn), (NC, 1)), b.flat_ap(n0, parts, KT * N, (KT, nn), (N, 1)))
+        else:
+            for j in range(KT):
+                em.dma_split(t.ap((nn,), (1,), j * NC, partitions=kparts(j)),
+                             b.flat_ap(j * P * N + n0, kparts(j), N, (nn,), (1,)))
+        return t
+
+    # ---- A^T for every M tile (kept for all column chunks)
+    MT = -(-M // P)
+    at_tiles = []
+    small = M <= SMALL_M
+    for mt in range(MT):
+        m0, nm = mt * P, min(P, M - mt * P)
+        at = em.sbuf_tile(parts, KT * nm * it, cdt, "mm_at")  # layout [j][m]
+        if small:
+            # A^T directly: partition p <- A[m, p*KT + j] (blocked) / A[m, j*P + p] (cyclic)
+            if blocked or KT == 1:
+                em.dma(at.ap((nm, KT), (1, nm)), a.flat_ap(m0 * Kd, parts, KT, (nm, KT), (Kd, 1)))
+            else:
+                for j in range(KT):
+                    em.dma(at.ap((nm,), (1,), j * nm, partitions=kparts(j)),
+                           a.flat_ap(m0 * Kd + j * P, kparts(j), 1, (nm,), (Kd,)))
+        else:
+            ar = em.sbuf_tile(nm, Kd * it, cdt, "mm_a")
+            em.dma_split(ar.ap((Kd,), partitions=nm), a.flat_ap(m0 * Kd, nm, Kd, (Kd,), (1,)))
+            tp = em.pool("psum", P, None, "fp32", 2, "mm_tp")
+            for j in range(KT):
+                kp = kparts(j)
+                ps = tp.next()
+                src = ar.ap((kp,), (KT,), j, partitions=nm) if blocked else ar.ap((kp,), (1,), j * P, partitions=nm)
+                dst = ps.ap((nm,), partitions=kp)
+                em.emit("tensor", isa.Transpose, dst=dst, src=src)
+                em.copy(at.ap((nm,), (1,), j * nm, partitions=kp), dst, stream="vector")
+            tp.release()
+            em.free(ar)
+        at_tiles.append((m0, nm, at))
+
+    # ---- bias replicated over M partitions
+    brep = None
+    if bias is not None:
+        mrows = min(P, M)
+        brep = em.sbuf_tile(mrows, N * 4, "fp32", "mm_bias")
+        em.dma_split(brep.ap((N,), partitions=mrows), bias.flat_ap(0, mrows, 0, (N,), (1,)))
+
+    opool = em.pool("sbuf", min(P, M), NC * it, cdt, 2, "mm_out")
+    ppool = em.pool("psum", min(P, M), None, "fp32", min(4, em.psum_banks), "mm_ps")
+    nxt = load_b(0)
+    for c in range(nchunks):
+        bt = nxt
+        if c + 1 < nchunks:
+            nxt = load_b(c + 1)
+        n0, nn = c * NC, min(NC, N - c * NC)
+        for (m0, nm, at) in at_tiles:
+            ot = opool.next()
+            for nb0 in range(0, nn, maxn):
+                nb = min(maxn, nn - nb0)
+                ps = ppool.next().ap((nb,), partitions=nm)
+                for j in range(KT):
+                    kp = kparts(j)
+                    em.matmul(ps, at.ap((nm,), (1,), j * nm, partitions=kp),
+                              bt.ap((nb,), (1,), j * NC + nb0, partitions=kp),
+                              start=j == 0, stop=j == KT - 1)
+                o = ot.ap((nb,), (1,), nb0, partitions=nm)
+                if brep is not None:
+                    em.tt(o, ps, brep.ap((nb,), (1,), n0 + nb0, partitions=nm), op="add")
+                    if func != "identity":
+                        em.act(o, o, func=func)
+                else:
+                    em.act(o, ps, func=func)
+            em.dma_split(out.flat_ap(m0 * N + n0, nm, N, (nn,), (1,)), ot.ap((nn,), partitions=nm))
+    opool.release()
+    ppool.release()
+    bpool.release()
+    for _, _, at in at_tiles:
+        em.free(at)
+    if brep is not None:
+        em.free(brep)
