@@ -119,6 +119,8 @@ class Transpose(Instr):
 
 ACT_FUNCS = ("identity", "relu", "exp", "tanh", "sigmoid", "gelu", "sqrt", "rsqrt",
              "reciprocal", "square", "copy")
+# additive: natural log (the Scalar engine's activation table has it; LRN's x^-beta = exp(-beta*log x))
+ACT_FUNCS = ACT_FUNCS + ("log",)
 
 # A scalar operand is either an immediate float or a per-partition column AP [P, 1].
 Scalar = Union[float, AP]

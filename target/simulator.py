@@ -78,6 +78,8 @@ def _act(func: str, x: np.ndarray) -> np.ndarray:
             return F32(1) / x
         if func == "square":
             return x * x
+        if func == "log":
+            return np.log(x)
     raise ValueError(func)
 
 
