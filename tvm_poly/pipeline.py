@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import hashlib
 import json
 import time
@@ -287,6 +288,29 @@ def _block_external_uses(body, block):
     return relax.Tuple(exprs) if len(exprs) > 1 else exprs[0]
 
 
+def _lowering_gaps(graph, config, planner, dtype) -> dict:
+    """Supported nodes whose kernel kind (as the planner groups them) has no lowering in
+    ``target.codegen.LOWERINGS``: node name -> reason.  They stay on the host instead of
+    failing the whole device segment."""
+    try:
+        from target.codegen import LOWERINGS
+
+        from .planners import get_planner
+
+        names = [n.name for n in graph.nodes if n.supported]
+        if not names:
+            return {}
+        plan = get_planner(planner)(graph.subgraph(names), config, dtype)
+    except Exception:  # the planner itself fails: compile_graph will report it
+        return {}
+    gaps = {}
+    for g in plan.groups:
+        if g.kind != "alias" and g.kind not in LOWERINGS:
+            for op in g.ops:
+                gaps[op] = f"no NeuronCore lowering for kernel kind {g.kind!r} yet"
+    return gaps
+
+
 def partition_module(mod, target, planner: str, dtype: str, backend=None):
     """The work of :class:`PolyinfPartition` (see the module docstring)."""
     import warnings
@@ -328,6 +352,11 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
                             if isinstance(b.value, relax.Call)]
         return done(mod)
     nodes = list(graph.nodes)
+    gaps = _lowering_gaps(graph, config, planner, dtype)
+    if gaps:
+        nodes = [dataclasses.replace(n, supported=False, reason=gaps[n.name])
+                 if n.name in gaps else n for n in nodes]
+        graph = dataclasses.replace(graph, nodes=tuple(nodes))
     node_by_name = {n.name: n for n in nodes}
     host_ops = [{"name": n.name, "op": n.op, "reason": n.reason} for n in nodes if not n.supported]
 
