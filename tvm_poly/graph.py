@@ -26,6 +26,7 @@ SUPPORTED_OPS = {
     "conv2d", "batch_norm", "relu", "add", "subtract", "multiply", "divide", "maximum", "minimum",
     "add_n", "max_pool2d", "avg_pool2d", "reshape", "matmul", "permute_dims", "softmax",
     "sigmoid", "tanh", "exp", "sqrt", "identity", "dropout", "concat", "lrn",
+    "expand_dims", "squeeze", "avg_pool3d", "power", "log_softmax",
 }
 
 
@@ -174,11 +175,16 @@ _ATTR_KEYS = {
     "stack": ("axis",),
     "lrn": ("size", "axis", "alpha", "beta", "bias"),
     "dropout": ("rate",),
+    "avg_pool3d": ("pool_size", "strides", "dilation", "padding", "ceil_mode", "count_include_pad", "layout"),
+    "expand_dims": ("axis",),
+    "squeeze": ("axis",),
+    "log_softmax": ("axis",),
 }
 
 _RENAME = {"nn.conv2d": "conv2d", "nn.batch_norm": "batch_norm", "nn.relu": "relu",
            "nn.max_pool2d": "max_pool2d", "nn.avg_pool2d": "avg_pool2d", "nn.softmax": "softmax",
-           "nn.dropout": "dropout", "nn.lrn": "lrn", "nn.local_response_norm": "lrn"}
+           "nn.dropout": "dropout", "nn.lrn": "lrn", "nn.local_response_norm": "lrn",
+           "nn.avg_pool3d": "avg_pool3d", "nn.log_softmax": "log_softmax"}
 
 
 def _tinfo(ty):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from tvm_poly.graph import OpGraph
 from tvm_poly.plan import GroupPlan, Plan, TensorPlacement
+from tvm_poly.planners.patterns import match_lrn
 
-ALIAS_OPS = {"reshape", "identity", "dropout"}
+ALIAS_OPS = {"reshape", "identity", "dropout", "expand_dims", "squeeze"}
 ELEMENTWISE = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp", "sqrt": "sqrt"}
 BINARY = {"add": "add", "subtract": "subtract", "multiply": "multiply", "divide": "divide",
           "maximum": "max", "minimum": "min", "add_n": "add"}
@@ -46,6 +47,12 @@ def plan_per_op(graph: OpGraph, config=None, dtype: str = "float32") -> Plan:
         done.add(n.name)
         if n.op in ALIAS_OPS:
             placements.append(TensorPlacement(n.output, "alias", alias_of=n.inputs[0]))
+            continue
+        lrn = match_lrn(graph, n, consumers, outputs)
+        if lrn is not None:  # the LRN chain from_onnx emits -> one kernel
+            ops, ins, out, params = lrn
+            done.update(ops)
+            groups.append(GroupPlan(n.name, "lrn", ops, ins, out, tuple(sorted(params.items()))))
             continue
         ops, params, out = [n.name], {}, n.output
         inputs = list(n.inputs)

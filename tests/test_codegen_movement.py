@@ -1,0 +1,85 @@
+"""concat / permute_dims (incl. ShuffleNet's channel shuffle) / expand_dims+squeeze aliases."""
+import numpy as np
+import pytest
+
+from tests.codegen_util import TOL, GraphBuilder, rel_err
+from tvm_poly.driver import compile_graph
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shapes,axis", [
+    ([(1, 64, 28, 28), (1, 32, 28, 28), (1, 96, 28, 28)], 1),   # inception-style channel concat
+    ([(2, 3, 5, 7), (2, 5, 5, 7)], 1),                          # small blocks, N > 1
+    ([(1, 1000), (1, 24)], -1),                                  # last axis
+    ([(3, 4, 2), (1, 4, 2)], 0),
+])
+def test_concat(shapes, axis, dtype):
+    rng = np.random.default_rng(0)
+    b = GraphBuilder()
+    names = [b.input(f"x{i}", s) for i, s in enumerate(shapes)]
+    vals = {f"x{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)}
+    ref = np.concatenate([vals[n] for n in names], axis=axis)
+    y = b.op("concat", names, ref.shape, axis=axis)
+    r = b.op("relu", [y], ref.shape)  # an intermediate concat (compute dtype in HBM)
+    cp = compile_graph(b.build([y, r]), "inf2", dtype=dtype)
+    outs, rep = cp.run(vals)
+    assert rel_err(outs[y], ref) <= TOL[dtype]
+    assert rel_err(outs[r], np.maximum(ref, 0)) <= TOL[dtype]
+    # pure data movement: no engine work for the concat kernel
+    assert set(rep.per_tag)
+
+
+def _shuffle_graph(C, g, H, W):
+    b = GraphBuilder()
+    x = b.input("x", (1, C, H, W))
+    y = b.op("relu", [x], (1, C, H, W))
+    r1 = b.op("reshape", [y], (1, g, C // g, H, W))
+    t = b.op("permute_dims", [r1], (1, C // g, g, H, W), axes=(0, 2, 1, 3, 4))
+    r2 = b.op("reshape", [t], (1, C, H, W))
+    z = b.op("relu", [r2], (1, C, H, W))
+    return b.build(z), z
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("C,g,H,W", [(112, 4, 14, 14), (272, 4, 7, 7), (24, 3, 5, 5)])
+def test_channel_shuffle(C, g, H, W, dtype):
+    graph, z = _shuffle_graph(C, g, H, W)
+    cp = compile_graph(graph, "inf2", dtype=dtype)
+    xv = np.random.default_rng(1).standard_normal((1, C, H, W)).astype(np.float32)
+    outs, rep = cp.run({"x": xv})
+    ref = np.maximum(xv, 0).reshape(1, g, C // g, H, W).transpose(0, 2, 1, 3, 4).reshape(1, C, H, W)
+    assert rel_err(outs[z], ref) <= TOL[dtype]
+    kinds = [gp.kind for gp in cp.plan.groups]
+    assert kinds == ["elementwise", "permute_dims", "elementwise"]
+
+
+@pytest.mark.parametrize("shape,axes", [
+    ((2, 3, 4, 5), (0, 2, 3, 1)),
+    ((6, 7), (1, 0)),
+    ((2, 3, 4, 5, 6, 7), (5, 3, 1, 0, 2, 4)),   # more dims than an AP holds
+    ((4, 1, 9), None),
+])
+def test_permute(shape, axes):
+    rng = np.random.default_rng(2)
+    b = GraphBuilder()
+    x = b.input("x", shape)
+    oshape = np.transpose(np.zeros(shape), axes).shape
+    y = b.op("permute_dims", [x], oshape, axes=axes)
+    cp = compile_graph(b.build(y), "inf2")
+    xv = rng.standard_normal(shape).astype(np.float32)
+    outs, _ = cp.run({"x": xv})
+    assert np.array_equal(outs[y], np.transpose(xv, axes))
+
+
+def test_expand_squeeze_alias():
+    b = GraphBuilder()
+    x = b.input("x", (1, 8, 4, 4))
+    e = b.op("expand_dims", [x], (1, 1, 8, 4, 4), axis=(1,))
+    r = b.op("relu", [e], (1, 1, 8, 4, 4))
+    s = b.op("squeeze", [r], (1, 8, 4, 4), axis=(1,))
+    z = b.op("exp", [s], (1, 8, 4, 4))
+    cp = compile_graph(b.build(z), "inf2")
+    xv = np.random.default_rng(3).standard_normal((1, 8, 4, 4)).astype(np.float32)
+    outs, _ = cp.run({"x": xv})
+    assert rel_err(outs[z], np.exp(np.maximum(xv, 0))) <= 1e-6
+    assert [g.kind for g in cp.plan.groups] == ["elementwise", "elementwise"]
