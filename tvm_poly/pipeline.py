@@ -311,6 +311,47 @@ def _lowering_gaps(graph, config, planner, dtype) -> dict:
     return gaps
 
 
+def _failing_kernels(graph, names, config, planner, dtype, driver, err) -> dict:
+    """Node name -> reason for the kernels of a failed segment that cannot be built.
+
+    Each planner group of the segment is compiled alone.  A group that fails for lack of
+    SBUF/PSUM on the user's config but builds on the standard inf2 core means the config
+    is too small: :class:`CapacityError`.  Otherwise its nodes stay on the host."""
+    from .planners import get_planner
+    from .targets import load_hardware_config
+
+    try:
+        groups = [g.ops for g in get_planner(planner)(graph.subgraph(names), config, dtype).groups
+                  if g.kind != "alias"]
+    except Exception:  # noqa: BLE001
+        groups = [(n,) for n in names]
+    failed = {}
+    for ops in groups:
+        try:
+            driver.compile_graph(graph.subgraph(ops), config, planner=planner, dtype=dtype)
+            continue
+        except TvmPolyError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            reason = f"codegen: {type(e).__name__}: {' '.join(str(e).split())}"
+            if type(e).__name__ == "AllocationError" and getattr(config, "name", "") != "inf2":
+                try:
+                    driver.compile_graph(graph.subgraph(ops), load_hardware_config("inf2"),
+                                         planner=planner, dtype=dtype)
+                except Exception:  # noqa: BLE001 - the standard core cannot either
+                    pass
+                else:
+                    raise CapacityError(
+                        f"hardware config {getattr(config, 'name', '?')!r} is too small for "
+                        f"kernel {ops[0]} ({graph.node(ops[0]).op}): {e}") from e
+            for op in ops:
+                failed[op] = reason
+    if not failed:  # only the combination failed: keep the whole segment on the host
+        reason = f"codegen: {type(err).__name__}: {' '.join(str(err).split())}"
+        failed = {n: reason for n in names}
+    return failed
+
+
 def partition_module(mod, target, planner: str, dtype: str, backend=None):
     """The work of :class:`PolyinfPartition` (see the module docstring)."""
     import warnings
@@ -367,27 +408,38 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
             plans.append(None)
             continue
         bindings = list(block.bindings)
-        is_dev = _device_flags(bindings, node_by_name, _block_external_uses(body, block))
-        runs = []
-        for dev, ids in _runs(_order_bindings(bindings, is_dev), is_dev):
-            names = [bindings[i].var.name for i in ids if bindings[i].var.name in node_by_name]
-            cp = None
-            if dev and names:
-                try:
-                    cp = driver.compile_graph(graph.subgraph(names), config, planner=planner,
-                                              dtype=dtype)
-                except TvmPolyError:
-                    raise
-                except Exception as e:  # codegen gap: this run stays on the host
-                    if type(e).__name__ == "AllocationError":  # SBUF/PSUM too small: user error
-                        raise CapacityError(
-                            f"hardware config {getattr(config, 'name', spec)!r} cannot hold the "
-                            f"tiles of {names[0]}: {e}") from e
-                    warnings.warn(f"polyinf: segment {names[0]}..{names[-1]} stays on the host "
-                                  f"({type(e).__name__}: {e})")
-                    host_ops += [{"name": n, "op": node_by_name[n].op,
-                                  "reason": f"codegen: {type(e).__name__}: {e}"} for n in names]
-            runs.append((cp is not None, ids, names, cp))
+        external = _block_external_uses(body, block)
+        compiled = {}  # node names of a run -> CompiledProgram (re-partitioning reuses them)
+        while True:  # a kernel the code generator cannot build leaves the run; re-partition
+            is_dev = _device_flags(bindings, node_by_name, external)
+            runs, failed = [], {}
+            for dev, ids in _runs(_order_bindings(bindings, is_dev), is_dev):
+                names = [bindings[i].var.name for i in ids if bindings[i].var.name in node_by_name]
+                cp = None
+                if dev and names:
+                    key = tuple(names)
+                    if key not in compiled:
+                        try:
+                            compiled[key] = driver.compile_graph(
+                                graph.subgraph(names), config, planner=planner, dtype=dtype)
+                        except TvmPolyError:
+                            raise
+                        except Exception as e:  # noqa: BLE001 - find the kernels that failed
+                            failed.update(_failing_kernels(graph, names, config, planner, dtype,
+                                                           driver, e))
+                            continue
+                    cp = compiled[key]
+                runs.append((cp is not None, ids, names, cp))
+            if not failed:
+                break
+            for name, reason in failed.items():
+                warnings.warn(f"polyinf: {name} ({node_by_name[name].op}) stays on the host: "
+                              f"{reason}")
+                node_by_name[name] = dataclasses.replace(node_by_name[name], supported=False,
+                                                         reason=reason)
+                host_ops.append({"name": name, "op": node_by_name[name].op, "reason": reason})
+            graph = dataclasses.replace(graph, nodes=tuple(
+                node_by_name.get(n.name, n) for n in graph.nodes))
         plans.append((bindings, runs))
 
     info["host_ops"] = host_ops
