@@ -41,6 +41,7 @@ the queries raise :class:`IslBudgetExceeded` so that the planner falls back to a
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import islpy as isl
@@ -52,7 +53,8 @@ from tvm import s_tir
 
 from tvm_poly.counting import card
 from tvm_poly.polymodel import (
-    Diagnostic, PolyAccess, PolyArray, PolyModel, PolyOp, PolyStatement, UnsupportedModelError,
+    Diagnostic, PolyAccess, PolyArray, PolyError, PolyModel, PolyOp, PolyStatement,
+    UnsupportedModelError,
     isl_ident,
 )
 
@@ -547,12 +549,8 @@ class _AccessCollector:
                 self._diag("non-affine-access",
                            f"{kind} {bvar.name}[...] index {i}: {e}; dimension over-approximated "
                            "by its full extent")
-        out.append(_TAccess(bvar, kind, idx, guard, ex, _short(node)))
-
-
-def _short(node) -> str:
-    s = " ".join(str(node).split())
-    return s[:160]
+        text = f"{bvar.name}[{', '.join(' '.join(str(i).split()) for i in indices)}]"
+        out.append(_TAccess(bvar, kind, idx, guard, ex, text[:200]))
 
 
 # ------------------------------------------------------------------------------------------
@@ -850,15 +848,16 @@ class _Extractor:
         t0 = time.perf_counter()
         ctx = self.ctx
         arrays = {}
-        for a in self.arrays.values():
-            ctx.reset_operations()
-            arrays[a.name] = PolyArray(a.name, a.isl_id, a.shape, a.dtype, a.kind,
-                                       _box_set(ctx, a.isl_id, [f"i{k}" for k in range(len(a.shape))],
-                                                [(0, s) for s in a.shape]),
-                                       a.is_output, a.producer)
+        with unbounded(ctx):
+            for a in self.arrays.values():
+                box = _box_set(ctx, a.isl_id, [f"i{k}" for k in range(len(a.shape))],
+                               [(0, s) for s in a.shape])
+                arrays[a.name] = PolyArray(a.name, a.isl_id, a.shape, a.dtype, a.kind, box,
+                                           a.is_output, a.producer)
         depth = max((len(i.tmpl.dims) for i in self.insts if i.tmpl), default=0)
         time_dims = 2 * depth + 3  # [op, b0, l0, ..., b_depth, phase]
         stmts = [self._build_stmt(inst, arrays, depth) for inst in self.insts]
+        ctx.reset_operations()
         self.times.add("isl build", time.perf_counter() - t0)
         return PolyModel(arrays=arrays, ops=tuple(self.ops), statements=tuple(stmts),
                          inputs=tuple(inputs), outputs=tuple(outputs),
@@ -871,31 +870,36 @@ class _Extractor:
 
     def _template_isl(self, inst: _Inst):
         """Domain, count and access relations of a template statement, with placeholder
-        tuple names "S" (statement) and "A" (array); built once per PrimFunc statement."""
+        tuple names "S" (statement) and "A" (array); built once per PrimFunc statement.
+
+        Set math runs under the max_operations bound; when it is hit the domain falls back to
+        its loop-bound box and an access to the whole tensor, with an "isl-budget" diagnostic.
+        Trivial constructions (boxes) run unbounded."""
         ts = inst.tmpl
         if ts.rels is not None:
             return
         ctx = self.ctx
-        ctx.reset_operations()
+        space = f"S[{', '.join(ts.dims)}]"
         if ts.box is not None:
-            domain = _box_set(ctx, "S", ts.dims, ts.box)
+            with unbounded(ctx):
+                domain = _box_set(ctx, "S", ts.dims, ts.box)
             n = 1
             for _, e in ts.box:
                 n *= e
         else:
-            space = f"S[{', '.join(ts.dims)}]"
             cons = " and ".join(f"({c})" for c in ts.dom_cons) or "true"
             try:
-                domain = isl.Set(f"{{ {space} : {cons} }}", context=ctx).coalesce()
-            except isl.Error as e:
-                self._isl_fail(inst.op, inst.name, "domain", e)
                 ctx.reset_operations()
-                domain = isl.Set(f"{{ {space} : {ts.dom_cons[0]} }}", context=ctx)
-            ctx.reset_operations()
-            n = card(domain)
+                domain = isl.Set(f"{{ {space} : {cons} }}", context=ctx).coalesce()
+                ctx.reset_operations()
+                n = card(domain)
+            except (isl.Error, PolyError) as e:
+                self._isl_fail(inst.op, inst.name, "domain", e)
+                with unbounded(ctx):
+                    domain = isl.Set(f"{{ {space} : {ts.dom_cons[0]} }}", context=ctx)
+                    n = card(domain)
         ts.domain, ts.instances = domain, n
         rels = []
-        space = f"S[{', '.join(ts.dims)}]"
         for a in ts.accesses:
             shape = tuple(_int(x) for x in a.buf.shape)
             out_dims, extra = [], []
@@ -906,11 +910,12 @@ class _Extractor:
                 else:
                     out_dims.append(e)
             cons = " and ".join([f"({a.guard})"] + [f"({x})" for x in extra])
-            ctx.reset_operations()
             exact, clipped = a.exact, False
-            box = _box_set(ctx, "A", [f"i{k}" for k in range(len(shape))],
-                           [(0, s) for s in shape])
+            with unbounded(ctx):
+                box = _box_set(ctx, "A", [f"i{k}" for k in range(len(shape))],
+                               [(0, s) for s in shape])
             try:
+                ctx.reset_operations()
                 rel = isl.Map(f"{{ {space} -> A[{', '.join(out_dims)}] : {cons} }}",
                               context=ctx).intersect_domain(domain).coalesce()
                 if not rel.range().is_subset(box):
@@ -918,13 +923,19 @@ class _Extractor:
                     clipped = True
             except isl.Error as e:
                 self._isl_fail(inst.op, inst.name, f"access {a.text}", e)
-                ctx.reset_operations()
-                rel = isl.Map.from_domain_and_range(domain, box)
+                with unbounded(ctx):
+                    rel = isl.Map.from_domain_and_range(domain, box)
                 exact = False
             rels.append((rel, exact, clipped))
         ts.rels = rels
 
     def _build_stmt(self, inst: _Inst, arrays, depth) -> PolyStatement:
+        if inst.tmpl is not None:
+            self._template_isl(inst)
+        with unbounded(self.ctx):
+            return self._build_stmt_unbounded(inst, arrays, depth)
+
+    def _build_stmt_unbounded(self, inst: _Inst, arrays, depth) -> PolyStatement:
         ctx = self.ctx
         sid = self._unique_id("S_" + inst.name)
         ts = inst.tmpl
@@ -935,11 +946,11 @@ class _Extractor:
             for n, kind in inst.arrays:
                 rel = isl.Map.from_domain_and_range(domain, arrays[n].box)
                 (reads if kind == "read" else writes).append(PolyAccess(n, kind, rel, False, n))
-            sched = _schedule(ctx, domain.get_space(), [inst.op_index] + [0] * (2 * depth + 2))
+            tv = [inst.op_index] + [0] * (2 * depth + 2)
+            sched = schedule_map(ctx, domain.get_space(), tv)
             return PolyStatement(inst.name, sid, inst.op, inst.op_index, inst.func, "opaque",
                                  "opaque", (), (), domain, tuple(reads), tuple(writes), sched,
-                                 1, 0, False)
-        self._template_isl(inst)
+                                 tuple(tv), 1, 0, False)
         domain = ts.domain.set_tuple_name(sid)
         reads, writes = [], []
         exact_all = True
@@ -963,13 +974,25 @@ class _Extractor:
         betas = list(ts.betas) + [0] * (depth + 1 - len(ts.betas))
         tv = [inst.op_index]
         for k in range(depth):
-            tv += [betas[k], ("d", k) if k < len(ts.dims) else 0]
+            tv += [betas[k], ts.dims[k] if k < len(ts.dims) else 0]
         tv += [betas[depth], ts.phase]
-        ctx.reset_operations()
-        sched = _schedule(ctx, domain.get_space(), tv)
+        sched = schedule_map(ctx, domain.get_space(), tv)
         return PolyStatement(inst.name, sid, inst.op, inst.op_index, inst.func, ts.block, ts.role,
                              tuple(ts.dims), tuple(ts.dim_kinds), domain, tuple(reads),
-                             tuple(writes), sched, ts.instances, ts.macs_per_instance, exact_all)
+                             tuple(writes), sched, tuple(tv), ts.instances,
+                             ts.macs_per_instance, exact_all)
+
+
+@contextmanager
+def unbounded(ctx: isl.Context):
+    """Lift the context's max_operations bound for trivial constructions."""
+    old = ctx.get_max_operations()
+    ctx.set_max_operations(0)
+    try:
+        yield
+    finally:
+        ctx.set_max_operations(old)
+        ctx.reset_operations()
 
 
 def _box_set(ctx, name, dims, box) -> isl.Set:
@@ -982,14 +1005,16 @@ def _box_set(ctx, name, dims, box) -> isl.Set:
     return s
 
 
-def _schedule(ctx, dom_space, vals) -> isl.Map:
-    """{ S[d] -> [vals] } where a value is an int or ("d", k) for domain dim k."""
+def schedule_map(ctx, dom_space, vals) -> isl.Map:
+    """{ S[d] -> [vals] } where a value is an int or the name of a domain dim."""
     ls = isl.LocalSpace.from_space(dom_space)
     zero = isl.Aff.zero_on_domain(ls)
     lst = isl.AffList.alloc(ctx, len(vals))
+    names = [dom_space.get_dim_name(isl.dim_type.set, i)
+             for i in range(dom_space.dim(isl.dim_type.set))]
     for v in vals:
-        if isinstance(v, tuple):
-            lst = lst.add(isl.Aff.var_on_domain(ls, isl.dim_type.set, v[1]))
+        if isinstance(v, str):
+            lst = lst.add(isl.Aff.var_on_domain(ls, isl.dim_type.set, names.index(v)))
         else:
             lst = lst.add(zero.set_constant_val(isl.Val.int_from_si(ctx, v)))
     msp = isl.Space.map_from_domain_and_range(dom_space, isl.Space.set_alloc(ctx, 0, len(vals)))

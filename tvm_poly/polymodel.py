@@ -142,6 +142,8 @@ class PolyStatement:
     reads: tuple[PolyAccess, ...]
     writes: tuple[PolyAccess, ...]
     schedule: isl.Map = field(compare=False)  # domain -> common time space
+    # the schedule as a vector: ints (operator / sequence positions, phase) and dim names
+    time_vector: tuple = ()
     instances: int = 0  # exact card(domain)
     macs_per_instance: int = 0  # 1 when the update is acc + a * b
     exact: bool = True
@@ -284,8 +286,23 @@ class PolyModel:
         s = self.statement(statement)
         if not constraints:
             return s.domain
-        c = isl.Set(f"{{ {s.space_str()} : {constraints} }}", context=self.ctx)
-        return s.domain.intersect(c)
+        return self.guard(f"iterations of {statement}", lambda: s.domain.intersect(
+            isl.Set(f"{{ {s.space_str()} : {constraints} }}", context=self.ctx)))
+
+    def guard(self, what: str, fn):
+        """Run ``fn`` (isl work) under a fresh max_operations budget; a hit becomes
+        :class:`IslBudgetExceeded`, any other isl failure :class:`PolyError`."""
+        self.ctx.reset_operations()
+        try:
+            return fn()
+        except isl.Error as e:
+            if "maximal number of operations" in str(e):
+                raise IslBudgetExceeded(f"{what}: isl max_operations ({self.max_operations}) "
+                                        "exceeded") from e
+            raise PolyError(f"{what}: isl error: {e}") from e
+
+    def __repr__(self) -> str:
+        return f"<{self.summary()}>"
 
     def macs(self) -> int:
         """Multiply-accumulates of the whole model (updates of the form acc + a * b)."""
