@@ -178,3 +178,11 @@ def test_unrelated_host_op_does_not_split_a_device_run(fake_backend):
     assert [s["ops"] for s in info["segments"]] == [["lv", "lv2"]]
     xv = np.random.default_rng(1).standard_normal(SHAPE).astype("float32")
     np.testing.assert_allclose(_run(ex, xv), np.exp(xv) + np.maximum(xv, 0), rtol=1e-6)
+
+
+def test_partition_is_idempotent(fake_backend):
+    with tvm.target.Target("polyinf"):
+        once = pipeline.PolyinfPartition()(_module(["relu", "exp", "relu"]))
+        twice = pipeline.PolyinfPartition()(once)
+    assert twice.script() == once.script()
+    assert _calls(twice, "polyinf.begin") == 1 and _calls(twice, "polyinf.run") == 2

@@ -48,6 +48,7 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
 DEFAULT_OPTIONS = {"planner": "per-op", "dtype": "float32"}
 RUN_FUNC = "polyinf.run"
 BEGIN_FUNC = "polyinf.begin"
+PARTITIONED_ATTR = "polyinf.partitioned"
 FORMAT_VERSION = 1
 
 _OPTIONS = contextvars.ContextVar("tvm_poly_options", default=dict(DEFAULT_OPTIONS))
@@ -379,6 +380,8 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
     if gv is None or not isinstance(mod[gv], relax.Function):
         return done(mod)
     func = mod[gv]
+    if func.attrs is not None and PARTITIONED_ATTR in func.attrs:
+        return mod  # already partitioned (e.g. an explicit pipeline that ran the pass)
     graph_mod, driver = backend or _import_backend()
     try:
         graph = graph_mod.graph_from_relax(func)
@@ -482,7 +485,7 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
                                                                  relax.ObjectType()), begin)])
     new_func = relax.Function(func.params, relax.SeqExpr([begin_block] + new_blocks, body.body),
                               func.ret_ty, func.is_pure, func.attrs)
-    new_func = new_func.with_attr("relax.force_pure", True)
+    new_func = new_func.with_attr("relax.force_pure", True).with_attr(PARTITIONED_ATTR, 1)
     out = mod.clone()
     out[gv] = new_func
     out = relax.transform.Normalize()(out)
