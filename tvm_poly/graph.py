@@ -26,7 +26,7 @@ SUPPORTED_OPS = {
     "conv2d", "batch_norm", "relu", "add", "subtract", "multiply", "divide", "maximum", "minimum",
     "add_n", "max_pool2d", "avg_pool2d", "reshape", "matmul", "permute_dims", "softmax",
     "sigmoid", "tanh", "exp", "sqrt", "identity", "dropout", "concat", "lrn",
-    "expand_dims", "squeeze", "avg_pool3d", "power", "log_softmax",
+    "expand_dims", "squeeze", "avg_pool3d", "power", "log_softmax", "mean", "sum", "max", "min",
 }
 
 
@@ -179,6 +179,9 @@ _ATTR_KEYS = {
     "expand_dims": ("axis",),
     "squeeze": ("axis",),
     "log_softmax": ("axis",),
+    "mean": ("axis", "keepdims"),
+    "max": ("axis", "keepdims"),
+    "min": ("axis", "keepdims"),
 }
 
 _RENAME = {"nn.conv2d": "conv2d", "nn.batch_norm": "batch_norm", "nn.relu": "relu",

@@ -9,7 +9,7 @@ import numpy as np
 from . import register_lowering
 from .elementwise import channel_affine, elementwise
 from .emitter import CodegenError
-from . import lrn, movement, softmax  # noqa: F401  (register concat/permute_dims/softmax/lrn/power...)
+from . import lrn, movement, reduce, softmax  # noqa: F401  (concat/permute_dims/softmax/lrn/power/mean...)
 
 
 def bn_scale_shift(ctx, names, eps):
