@@ -41,7 +41,6 @@ the queries raise :class:`IslBudgetExceeded` so that the planner falls back to a
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import islpy as isl
@@ -54,8 +53,7 @@ from tvm import s_tir
 from tvm_poly.counting import card
 from tvm_poly.polymodel import (
     Diagnostic, PolyAccess, PolyArray, PolyError, PolyModel, PolyOp, PolyStatement,
-    UnsupportedModelError,
-    isl_ident,
+    UnsupportedModelError, isl_ident, schedule_map, unbounded,
 )
 
 DEFAULT_MAX_OPERATIONS = 2_000_000
@@ -191,6 +189,7 @@ class _Conv:
 @dataclass
 class _TAccess:
     buf: object  # the TIR buffer var (param or alloc)
+    shape: tuple
     kind: str  # "read" | "write"
     idx: list  # isl text per dim, or None for a non-affine dim
     guard: str
@@ -232,6 +231,7 @@ class _FuncWalker:
         self.func = func
         self.fname = fname
         self.t = _Template(fname, [], [], [])
+        self._shapes: dict = {}
 
     def walk(self) -> _Template:
         self._stmt(self.func.body, [], [], 0)
@@ -239,6 +239,12 @@ class _FuncWalker:
 
     def diag(self, kind, suffix, msg):
         self.t.diags.append((kind, suffix, msg))
+
+    def shape(self, bvar) -> tuple:
+        sh = self._shapes.get(bvar)
+        if sh is None:
+            sh = self._shapes[bvar] = tuple(_int(x) for x in bvar.shape)
+        return sh
 
     def _stmt(self, s, loops, betas, pos) -> int:
         """loops: enclosing For nodes; betas: positions at enclosing levels. Returns next pos."""
@@ -549,8 +555,8 @@ class _AccessCollector:
                 self._diag("non-affine-access",
                            f"{kind} {bvar.name}[...] index {i}: {e}; dimension over-approximated "
                            "by its full extent")
-        text = f"{bvar.name}[{', '.join(' '.join(str(i).split()) for i in indices)}]"
-        out.append(_TAccess(bvar, kind, idx, guard, ex, text[:200]))
+        text = f"{bvar.name}[{', '.join('?' if i is None else i for i in idx)}]"
+        out.append(_TAccess(bvar, self.fw.shape(bvar), kind, idx, guard, ex, text[:200]))
 
 
 # ------------------------------------------------------------------------------------------
@@ -806,7 +812,7 @@ class _Extractor:
                 n = binding.get(a.buf)
                 if n is None:
                     n = binding[a.buf] = self._new_array(
-                        f"{op}.{a.buf.name}", tuple(_int(x) for x in a.buf.shape), a.buf.dtype,
+                        f"{op}.{a.buf.name}", a.shape, a.buf.dtype,
                         "internal", producer=op)
                     self.diags.append(Diagnostic("unbound-buffer", op, f"{op}.{ts.suffix}",
                                                  f"buffer {a.buf.name} not bound by the call"))
@@ -901,7 +907,7 @@ class _Extractor:
         ts.domain, ts.instances = domain, n
         rels = []
         for a in ts.accesses:
-            shape = tuple(_int(x) for x in a.buf.shape)
+            shape = a.shape
             out_dims, extra = [], []
             for k, e in enumerate(a.idx):
                 if e is None:
@@ -947,16 +953,15 @@ class _Extractor:
                 rel = isl.Map.from_domain_and_range(domain, arrays[n].box)
                 (reads if kind == "read" else writes).append(PolyAccess(n, kind, rel, False, n))
             tv = [inst.op_index] + [0] * (2 * depth + 2)
-            sched = schedule_map(ctx, domain.get_space(), tv)
             return PolyStatement(inst.name, sid, inst.op, inst.op_index, inst.func, "opaque",
-                                 "opaque", (), (), domain, tuple(reads), tuple(writes), sched,
+                                 "opaque", (), (), domain, tuple(reads), tuple(writes),
                                  tuple(tv), 1, 0, False)
         domain = ts.domain.set_tuple_name(sid)
         reads, writes = [], []
         exact_all = True
         for a, (rel, exact, clipped), n in zip(ts.accesses, ts.rels, inst.arrays):
             arr = arrays[n]
-            if tuple(_int(x) for x in a.buf.shape) != arr.shape:
+            if a.shape != arr.shape:
                 # the PrimFunc buffer disagrees with the Relax tensor: stay safe
                 self.diags.append(Diagnostic("shape-mismatch", inst.op, inst.name,
                                              f"buffer {a.buf.name} vs {arr.name}{list(arr.shape)}"))
@@ -976,23 +981,10 @@ class _Extractor:
         for k in range(depth):
             tv += [betas[k], ts.dims[k] if k < len(ts.dims) else 0]
         tv += [betas[depth], ts.phase]
-        sched = schedule_map(ctx, domain.get_space(), tv)
         return PolyStatement(inst.name, sid, inst.op, inst.op_index, inst.func, ts.block, ts.role,
                              tuple(ts.dims), tuple(ts.dim_kinds), domain, tuple(reads),
-                             tuple(writes), sched, tuple(tv), ts.instances,
+                             tuple(writes), tuple(tv), ts.instances,
                              ts.macs_per_instance, exact_all)
-
-
-@contextmanager
-def unbounded(ctx: isl.Context):
-    """Lift the context's max_operations bound for trivial constructions."""
-    old = ctx.get_max_operations()
-    ctx.set_max_operations(0)
-    try:
-        yield
-    finally:
-        ctx.set_max_operations(old)
-        ctx.reset_operations()
 
 
 def _box_set(ctx, name, dims, box) -> isl.Set:
@@ -1003,22 +995,6 @@ def _box_set(ctx, name, dims, box) -> isl.Set:
         s = s.lower_bound_val(isl.dim_type.set, i, isl.Val.int_from_si(ctx, lo))
         s = s.upper_bound_val(isl.dim_type.set, i, isl.Val.int_from_si(ctx, lo + ext - 1))
     return s
-
-
-def schedule_map(ctx, dom_space, vals) -> isl.Map:
-    """{ S[d] -> [vals] } where a value is an int or the name of a domain dim."""
-    ls = isl.LocalSpace.from_space(dom_space)
-    zero = isl.Aff.zero_on_domain(ls)
-    lst = isl.AffList.alloc(ctx, len(vals))
-    names = [dom_space.get_dim_name(isl.dim_type.set, i)
-             for i in range(dom_space.dim(isl.dim_type.set))]
-    for v in vals:
-        if isinstance(v, str):
-            lst = lst.add(isl.Aff.var_on_domain(ls, isl.dim_type.set, names.index(v)))
-        else:
-            lst = lst.add(zero.set_constant_val(isl.Val.int_from_si(ctx, v)))
-    msp = isl.Space.map_from_domain_and_range(dom_space, isl.Space.set_alloc(ctx, 0, len(vals)))
-    return isl.Map.from_multi_aff(isl.MultiAff.from_aff_list(msp, lst))
 
 
 

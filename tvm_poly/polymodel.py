@@ -27,6 +27,7 @@ Spaces
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -141,12 +142,23 @@ class PolyStatement:
     domain: isl.Set = field(compare=False)
     reads: tuple[PolyAccess, ...]
     writes: tuple[PolyAccess, ...]
-    schedule: isl.Map = field(compare=False)  # domain -> common time space
-    # the schedule as a vector: ints (operator / sequence positions, phase) and dim names
+    # the schedule as a vector: ints (operator / sequence positions, phase) and dim names;
+    # ``schedule`` is the same as an isl map (built on first use)
     time_vector: tuple = ()
     instances: int = 0  # exact card(domain)
     macs_per_instance: int = 0  # 1 when the update is acc + a * b
     exact: bool = True
+    _lazy: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def schedule(self) -> isl.Map:
+        """``{ S[d] -> [op, b0, l0, ..., phase] }`` into the common time space."""
+        if "schedule" not in self._lazy:
+            ctx = self.domain.get_ctx()
+            with unbounded(ctx):
+                self._lazy["schedule"] = schedule_map(ctx, self.domain.get_space(),
+                                                      self.time_vector)
+        return self._lazy["schedule"]
 
     @property
     def macs(self) -> int:
@@ -397,6 +409,34 @@ class PolyModel:
             ],
             "diagnostics": [dataclasses.asdict(d) for d in self.diagnostics],
         }
+
+
+@contextmanager
+def unbounded(ctx: isl.Context):
+    """Lift the context's max_operations bound for trivial constructions."""
+    old = ctx.get_max_operations()
+    ctx.set_max_operations(0)
+    try:
+        yield
+    finally:
+        ctx.set_max_operations(old)
+        ctx.reset_operations()
+
+
+def schedule_map(ctx: isl.Context, dom_space: isl.Space, vals) -> isl.Map:
+    """``{ S[d] -> [vals] }`` where a value is an int or the name of a domain dim."""
+    ls = isl.LocalSpace.from_space(dom_space)
+    zero = isl.Aff.zero_on_domain(ls)
+    lst = isl.AffList.alloc(ctx, len(vals))
+    names = [dom_space.get_dim_name(isl.dim_type.set, i)
+             for i in range(dom_space.dim(isl.dim_type.set))]
+    for v in vals:
+        if isinstance(v, str):
+            lst = lst.add(isl.Aff.var_on_domain(ls, isl.dim_type.set, names.index(v)))
+        else:
+            lst = lst.add(zero.set_constant_val(isl.Val.int_from_si(ctx, v)))
+    msp = isl.Space.map_from_domain_and_range(dom_space, isl.Space.set_alloc(ctx, 0, len(vals)))
+    return isl.Map.from_multi_aff(isl.MultiAff.from_aff_list(msp, lst))
 
 
 def isl_ident(name: str) -> str:
