@@ -44,7 +44,7 @@ def read_onnx(path_or_model):
         except Exception as e:
             raise ModelError(f"malformed or truncated ONNX file {where}: {type(e).__name__}: {e}") from e
     if not model.graph.node:
-        raise ModelError(f"ONNX model {where} has no graph nodes (malformed or truncated?)")
+        raise ModelError(f"malformed or truncated ONNX file {where}: the graph has no nodes")
     try:
         onnx.checker.check_model(model)
     except Exception as e:
