@@ -60,6 +60,13 @@ class HazardChecker:
                 merged.append([a, b])
         self.hbm_written = merged
         self._hbm_lo = [m[0] for m in merged]
+        self.remaining = [len(dl) for dl in sim.decoded]
+        self.last_vc = [None] * self.S
+        self.commits = 0
+        self.gc_every = 64
+        self.tensor_lo = sorted(t.offset for t in sim.p.hbm) or [0]
+        if self.tensor_lo[0] != 0:
+            self.tensor_lo.insert(0, 0)
 
     def _hbm_tracked(self, lo, hi) -> bool:
         import bisect
@@ -91,10 +98,24 @@ class HazardChecker:
     def commit(self, d) -> None:
         vc = self._clock(d)
         self.vc[d.s][d.i] = vc
+        self.last_vc[d.s] = vc
+        self.remaining[d.s] -= 1
+        self.commits += 1
+        if self.commits % self.gc_every == 0:
+            self._gc()
         for ap in d.reads:
             self._access(d, vc, ap, False)
         for ap in d.writes:
             self._access(d, vc, ap, True)
+
+    def _key_range(self, mem, lo, hi):
+        if mem == Mem.HBM:
+            import bisect
+            a = max(0, bisect.bisect_right(self.tensor_lo, lo) - 1)
+            b = max(a, bisect.bisect_right(self.tensor_lo, hi - 1) - 1)
+            return range(a, b + 1)
+        pg = _PAGE[mem]
+        return range(lo // pg, (hi - 1) // pg + 1)
 
     def _access(self, d, vc, ap, write: bool):
         mem = ap.mem
@@ -103,14 +124,15 @@ class HazardChecker:
             p0, p1 = 0, 1
             if not write and not self._hbm_tracked(lo, hi):
                 return
+            rowinfo = _rowinfo(ap)
         else:
             p0, p1 = ap.start_partition, ap.start_partition + ap.num_partitions
+            rowinfo = None
         dense = ap_dense(ap)
-        pg = _PAGE[mem]
         pages = self.pages[mem]
         s = d.s
-        entry = [p0, p1, lo, hi, s, d.i, write, ap, dense, True, d]
-        for page in range(lo // pg, (hi - 1) // pg + 1):
+        entry = [p0, p1, lo, hi, s, d.i, write, ap, dense, True, d, rowinfo]
+        for page in self._key_range(mem, lo, hi):
             lst = pages.get(page)
             if lst is None:
                 pages[page] = [entry]
@@ -123,8 +145,7 @@ class HazardChecker:
                 if e[0] >= p1 or p0 >= e[1] or e[2] >= hi or lo >= e[3]:
                     continue
                 es = e[4]
-                hb = es == s or vc[es] > e[5]
-                if hb:
+                if es == s or vc[es] > e[5]:
                     # domination: this dense access covers e, e happens before it
                     if dense and (write or not e[6]) and p0 <= e[0] and e[1] <= p1 and lo <= e[2] and e[3] <= hi:
                         e[9] = False
@@ -132,11 +153,38 @@ class HazardChecker:
                     continue
                 if not (write or e[6]):
                     continue
-                if (e[8] and dense) or _exact_overlap(e[7], ap, mem):
+                if (e[8] and dense) or _exact_overlap(e, entry, mem):
                     self._race(e, d, ap, write, mem)
             if removed:
                 lst[:] = [e for e in lst if e[9]]
             lst.append(entry)
+
+    def _gc(self) -> None:
+        """Drop accesses that happen before every instruction still to come: the next instruction
+        of each unfinished stream follows that stream's last committed one, so an access A with
+        VC(last of s)[stream(A)] > index(A) for every unfinished s can never race again."""
+        minf = None
+        for s in range(self.S):
+            if self.remaining[s] == 0:
+                continue
+            v = self.last_vc[s]
+            if v is None:
+                return  # a stream that has not started yet could still race with anything
+            minf = list(v) if minf is None else [a if a <= b else b for a, b in zip(minf, v)]
+        for pages in self.pages.values():
+            for key in list(pages):
+                lst = pages[key]
+                if minf is None:
+                    keep = []
+                else:
+                    keep = [e for e in lst if e[9] and minf[e[4]] <= e[5]]
+                    for e in lst:
+                        if minf[e[4]] > e[5]:
+                            e[9] = False
+                if keep:
+                    pages[key] = keep
+                else:
+                    del pages[key]
 
     def _race(self, e, d, ap, write, mem):
         from .simulator import _text
@@ -148,15 +196,30 @@ class HazardChecker:
                         where=d.where, text=_text(d.ins))
 
 
-def _exact_overlap(a, b, mem) -> bool:
-    """Do the two APs (same memory, overlapping partition ranges) share a byte?"""
-    la, ha = ap_extent(a)
-    lb, hb = ap_extent(b)
-    w0, w1 = max(la, lb), min(ha, hb)
+def _rowinfo(ap):
+    """HBM: (period bytes, in-row lowest byte, row width bytes, rows dense) or None."""
+    if ap.num_partitions <= 1:
+        return None
+    return (abs(ap.partition_stride) * ap.itemsize, _row_lo(ap), _row_width(ap), ap_dense_rows(ap))
+
+
+def _exact_overlap(ea, eb, mem) -> bool:
+    """Do the two accesses (same memory, overlapping boxes) share a byte?"""
+    a, b = ea[7], eb[7]
+    w0, w1 = max(ea[2], eb[2]), min(ea[3], eb[3])
     if w0 >= w1:
         return False
-    if mem == Mem.HBM:
-        pass  # flat offsets include the partition dim
+    ra, rb = ea[11], eb[11]
+    if ra is not None and rb is not None and ra[0] == rb[0] and a.itemsize == b.itemsize:
+        # rows of both repeat with the same period: compare the in-row extents on the circle
+        P, la, wa, da = ra
+        _, lb, wb, db = rb
+        if P > 0 and wa <= P and wb <= P:
+            dlt = (lb - la) % P
+            if not (dlt < wa or P - dlt < wb):
+                return False
+            if da and db:
+                return True
     W = w1 - w0
     masks = []
     for ap in (a, b):
@@ -169,3 +232,29 @@ def _exact_overlap(a, b, mem) -> bool:
             m[idx] = True
         masks.append(m[:W])
     return bool((masks[0] & masks[1]).any())
+
+
+def _row_lo(ap) -> int:
+    lo = 0
+    for n, st in zip(ap.sizes, ap.strides):
+        if st < 0:
+            lo += (n - 1) * st
+    return ap.offset + lo * ap.itemsize
+
+
+def _row_width(ap) -> int:
+    w = 0
+    for n, st in zip(ap.sizes, ap.strides):
+        w += (n - 1) * abs(st)
+    return (w + 1) * ap.itemsize
+
+
+def ap_dense_rows(ap) -> bool:
+    """Each row (partition) is one contiguous byte range."""
+    dims = sorted((abs(st), n) for n, st in zip(ap.sizes, ap.strides) if n > 1)
+    run = 1
+    for st, n in dims:
+        if st != run:
+            return False
+        run *= n
+    return True

@@ -388,7 +388,7 @@ class Simulator:
 
     # ------------------------------------------------------------------ execution
     def _read(self, ap: AP) -> np.ndarray:
-        return self.mems[ap.mem].view(ap).astype(F32)
+        return self.mems[ap.mem].read_f32(ap)
 
     def _write(self, ap: AP, val) -> None:
         v = self.mems[ap.mem].view(ap)
@@ -707,10 +707,44 @@ class _Stats:
             num_instructions=tot["num_instructions"], per_tag=per_tag)
 
 
+_BLAS_LOCAL = None
+
+
+def _blas_set_local_threads(n: int):
+    """Set OpenBLAS's thread count for the calling thread only (openblas_set_num_threads_local);
+    returns the previous value, or None when unavailable.  Tile-sized matmuls (<= 128x128x512) run
+    fastest single-threaded, and multi-threaded BLAS collapses on a loaded 2-core machine."""
+    global _BLAS_LOCAL
+    if _BLAS_LOCAL is None:
+        _BLAS_LOCAL = False
+        try:
+            import ctypes
+            import re
+            with open("/proc/self/maps") as f:
+                libs = set(re.findall(r"(/\S*openblas\S*\.so\S*)", f.read()))
+            for lib in libs:
+                fn = getattr(ctypes.CDLL(lib), "openblas_set_num_threads_local", None)
+                if fn is not None:
+                    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+                    _BLAS_LOCAL = fn
+                    break
+        except Exception:  # pragma: no cover - any platform without it just keeps its threads
+            _BLAS_LOCAL = False
+    if not _BLAS_LOCAL:
+        return None
+    return _BLAS_LOCAL(n)
+
+
 def simulate(program: Program, config, tensors: dict | None = None, *, check: bool = True,
              trace: bool = False) -> SimResult:
     """Run ``program`` on the hardware ``config`` (a HardwareConfig or a name/path for load_config)
     with HBM inputs/weights bound by name from ``tensors``.  Returns outputs, report and trace."""
+    import os
     sim = Simulator(program, config, check=check, trace=trace)
     sim.bind(tensors)
-    return sim.run()
+    old = _blas_set_local_threads(int(os.environ.get("TVM_POLY_SIM_BLAS_THREADS", "1")))
+    try:
+        return sim.run()
+    finally:
+        if old is not None:
+            _blas_set_local_threads(old)
