@@ -1,0 +1,44 @@
+"""`tvm-poly poly MODEL.onnx`: the polyhedral model from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+
+import poly_util as U
+from tvm_poly import poly_cli
+
+
+def _conv_file(tmp_path):
+    model, _ = U.conv_model(n=1, c=3, h=8, w=8, k=4)
+    path = tmp_path / "conv.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_poly_cli_dump(tmp_path, capsys):
+    assert poly_cli.main([_conv_file(tmp_path), "--deps"]) == 0
+    out = capsys.readouterr().out
+    assert "op #0 gv = conv2d(x, const_0)" in out
+    assert "stmt gv.conv2d_nchw [update] 6,912 instances, 6,912 MACs" in out
+    assert "flow dependences" in out
+
+
+def test_poly_cli_json_and_summary(tmp_path, capsys):
+    path = _conv_file(tmp_path)
+    assert poly_cli.main([path, "--json", "--deps"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["macs"] == 4 * 8 * 8 * 3 * 9
+    assert {s["name"] for s in js["statements"]} == {"gv.pad_temp", "gv.conv2d_nchw.init",
+                                                     "gv.conv2d_nchw"}
+    assert any(d["source"] == "gv.pad_temp" for d in js["dependences"])
+    assert poly_cli.main([path, "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "6,912 MACs" in out and "compulsory traffic" in out
+
+
+def test_poly_cli_missing_file(tmp_path, capsys):
+    assert poly_cli.main([str(tmp_path / "missing.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "missing.onnx" in err
