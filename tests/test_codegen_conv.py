@@ -94,6 +94,8 @@ def test_stem_packs_taps_on_partitions():
     err, cp, rep = run_conv((1, 3, 64, 64), (64, 3, 7, 7), (2, 2), (3, 3, 3, 3), 1, bn=True, relu=True)
     assert err <= 1e-5
     mms = cp.program.stream("tensor")
-    # 147 (c, r, s) rows -> 2 matmuls per pixel block
-    assert max(m.stationary.num_partitions for m in mms) > 64
-    assert len(mms) == 2 * -(-32 * 32 // 512)
+    # (c, r, s) taps on partitions: either the full 147-row im2col (2 matmuls per pixel block)
+    # or stride-phase packing (c, r, s mod 2) = 42 rows x 4 column taps
+    kmax = max(m.stationary.num_partitions for m in mms)
+    nblk = -(-32 * 32 // 512)
+    assert (kmax, len(mms)) in ((128, 2 * nblk), (42, 4 * nblk))

@@ -30,11 +30,11 @@ from .values import Value
 class ChanMap:
     """Channel <-> (tile j, partition p) mapping."""
 
-    def __init__(self, C: int, P: int):
+    def __init__(self, C: int, P: int, cyclic: bool = False):
         self.C = C
         if C <= P:
             self.T, self.parts, self.blocked = 1, C, False
-        elif C % P == 0:
+        elif C % P == 0 and not cyclic:  # cyclic: the SBUF-resident layout (c % P, c // P)
             self.T, self.parts, self.blocked = C // P, P, True
         else:
             self.T, self.parts, self.blocked = -(-C // P), P, False
@@ -84,7 +84,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             wd[g * Kg:(g + 1) * Kg, g * Cg:(g + 1) * Cg] = w[g * Kg:(g + 1) * Kg]
         w = wd
     packed = groups == 1 and C < 16 and R * S > 1
-    km = ChanMap(K, P)
+    km = ChanMap(K, P, cyclic=out.sbuf is not None)
+    res_in, res_out = x.sbuf is not None, out.sbuf is not None  # SBUF-resident operands
     Mk = km.parts
     kidx = km.index()  # [KT, Mk]
     KT = km.T
@@ -112,24 +113,45 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     wext = np.zeros((K + 1, C + 1, R, S), np.float32)
     wext[:K, :C] = w
     if packed:
-        taps = [(c, r, s) for c in range(C) for r in range(R) for s in range(S)]
+        # partitions = (c, r, s0) with s = s0 + sw*s1; taps s1 become moving-AP column offsets.
+        # s0 over all of S ("full im2col", fewest matmuls) or over S mod sw ("phase packing",
+        # sw-times fewer DMA bytes); pick the cheaper by the config's cost figures.
+        def plan_for(nphase):
+            S1 = -(-S // nphase)
+            rows_ = C * R * nphase
+            nq = -(-rows_ // P)
+            Wu2 = (OW - 1) * sw + 1 + nphase * (S1 - 1) if nphase < S else (OW - 1) * sw + 1
+            nblk = -(-(OH * OW) // maxn_)
+            f32 = getattr(em.config, "matmul_fp32_factor", 4) if cdt == "fp32" else 1
+            t_pe = nblk * nq * S1 * max(64, min(maxn_, OH * OW)) * f32 / (getattr(em.config, "tensor_ghz", 2.8) * 1e9)
+            nbytes = rows_ * OH * Wu2 * it
+            qbw = getattr(em.config, "dma_queue_bandwidth_gbps", 17.0) * 1e9
+            t_dma = nbytes / (len(em.dma_streams) * qbw * 0.8) + rows_ * getattr(em.config, "dma_latency_us", 1.3) * 1e-6 / len(em.dma_streams)
+            return max(t_pe, t_dma), nphase, S1, Wu2
+        maxn_ = em.max_moving_free
+        cands = [plan_for(S)] + ([plan_for(sw)] if 1 < sw < S else [])
+        _, nphase, S1, Wu = min(cands)
+        taps = [(c, r, s0) for c in range(C) for r in range(R) for s0 in range(nphase)]
         nQ = -(-len(taps) // P)
         qsz = -(-len(taps) // nQ)
         chunks = [taps[i:i + qsz] for i in range(0, len(taps), qsz)]
         rows = max(len(q) for q in chunks)
-        # blocks: (q, jk)
-        blocks_by_jk = {jk: [(q,) for q in range(len(chunks))] for jk in range(KT)}
-        arr = np.zeros((rows, len(chunks), KT, Mk), np.float32)
+        # blocks: (q, s1)
+        blocks_by_jk = {jk: [(q, s1) for q in range(len(chunks)) for s1 in range(S1)] for jk in range(KT)}
+        arr = np.zeros((rows, len(chunks), S1, KT, Mk), np.float32)
         for q, ch in enumerate(chunks):
-            for p, (c, r, s) in enumerate(ch):
-                arr[p, q] = wext[kidx, c, r, s]
-        nblk = len(chunks) * KT
+            for p, (c, r, s0) in enumerate(ch):
+                for s1 in range(S1):
+                    sidx = s0 + nphase * s1 if nphase < S else s0
+                    if sidx < S:
+                        arr[p, q, s1] = wext[kidx, c, r, sidx]
         wparts = rows
-        blk_off = {(q, jk): (q * KT + jk) * Mk for q in range(len(chunks)) for jk in range(KT)}
+        blk_off = {(q, s1, jk): ((q * S1 + s1) * KT + jk) * Mk
+                   for q in range(len(chunks)) for s1 in range(S1) for jk in range(KT)}
         kgroups = [list(range(KT))]
         wconsts = [arr.reshape(rows, -1)]
     else:
-        cm = ChanMap(C, P)
+        cm = ChanMap(C, P, cyclic=res_in)
         cidx = cm.index()  # [CT, parts]
         CT = cm.T
         # A[jk, m, j, p, tap] = w[kidx[jk, m], cidx[j, p], tap]
@@ -165,16 +187,17 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         return (bo - 1) * sh + R
 
     Wp = W + pl + pr
-    Wu = (OW - 1) * sw + 1
+    if not packed:
+        Wu = (OW - 1) * sw + 1
 
     def band_bytes(bo):
         if packed:
-            return len(chunks) * bo * Wu * it + KT * bo * OW * it
+            return len(chunks) * bo * Wu * it + (0 if res_out else KT * bo * OW * it)
         rows_p = in_rows(bo)
-        b = CT * rows_p * W * it
+        b = 0 if res_in else CT * rows_p * W * it
         if any(pad):
             b += CT * rows_p * Wp * it
-        return b + KT * bo * OW * it
+        return b + (0 if res_out else KT * bo * OW * it)
 
     free = em.sbuf.largest_free() - wpool.tiles[0].nbytes * 0  # pool already allocated
     bo = OH
@@ -193,9 +216,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         in_pools = [em.pool("sbuf", len(ch), bo * Wu * it, cdt, nb, f"conv_in{q}_") for q, ch in enumerate(chunks)]
         pad_pool = None
     else:
-        in_pool = em.pool("sbuf", cm.parts, CT * in_rows(bo) * W * it, cdt, nb, "conv_in")
+        in_pool = None if res_in else em.pool("sbuf", cm.parts, CT * in_rows(bo) * W * it, cdt, nb, "conv_in")
         pad_pool = em.pool("sbuf", cm.parts, CT * in_rows(bo) * Wp * it, cdt, nb, "conv_pad") if any(pad) else None
-    out_pool = em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_out")
+    out_pool = None if res_out else em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_out")
     psum_pool = em.pool("psum", Mk, None, "fp32", min(4, em.psum_banks), "conv_ps")
 
     # pixel blocks inside a band
@@ -218,7 +241,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                 tq = tiles[q]
                 if has_pad:
                     em.memset(tq.ap((nbo * Wu,), partitions=len(ch)), 0.0)
-                for i, (c, r, s) in enumerate(ch):
+                for i, (c, r, s) in enumerate(ch):  # s = the phase s0
                     # rows t: ih = (oh0+t)*sh + r - pt in [0, H)
                     t_lo = max(0, -(-(pt - r - oh0 * sh) // sh))
                     t_hi = min(nbo, (H - 1 + pt - r - oh0 * sh) // sh + 1)
@@ -232,8 +255,11 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                            x.flat_ap((n * C + c) * H * W + ih * W + iw, 1, 0, (t_hi - t_lo, u_hi - u_lo), (sh * W, 1)))
 
             def mov(blk, t0, nr, ow0, nw):
-                (q,) = blk
-                return tiles[q].ap((nr, nw), (Wu, sw), t0 * Wu + ow0 * sw, partitions=len(chunks[q]))
+                q, s1 = blk
+                off = t0 * Wu + ow0 * sw + s1 * nphase
+                if nr == 1:
+                    return tiles[q].ap((nw,), (sw,), off, partitions=len(chunks[q]))
+                return tiles[q].ap((nr, nw), (Wu, sw), off, partitions=len(chunks[q]))
             return mov
         # channel mode: padded-coordinate input rows [oh0*sh, oh0*sh + in_rows)
         nrows_p = in_rows(nbo)
@@ -241,9 +267,15 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         ih0 = max(0, r0p - pt)
         ih1 = min(H, r0p + nrows_p - pt)
         nvalid = ih1 - ih0
-        st = in_pool.next()
         plane_s = in_rows(bo) * W
-        if cm.blocked:
+        if res_in:  # resident input: read (or pad-copy) straight from its SBUF buffer
+            st, plane_s = x.sbuf, N * H * W
+            pb0 = (n * H + ih0) * W  # element of (image n, row ih0) in plane 0
+        else:
+            st, pb0 = in_pool.next(), 0
+        if res_in:
+            pass
+        elif cm.blocked:
             em.dma_split(st.ap((CT, nvalid * W), (plane_s, 1)),
                          x.flat_ap(n * C * H * W + ih0 * W, cm.parts, CT * H * W, (CT, nvalid * W), (H * W, 1)))
         else:
@@ -253,7 +285,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                              x.chan_ap(n, j * P, nc, ih0 * W, (nvalid * W,), (1,)))
         if pad_pool is None:
             base, row, plane = st, W, plane_s
-            roff = r0p - ih0  # 0 without padding
+            roff = r0p - ih0 + pb0 // W  # 0 without padding (absolute row when resident)
         else:
             pt_ = pad_pool.next()
             plane = in_rows(bo) * Wp
@@ -262,7 +294,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             for j in range(CT):
                 nc = cm.nparts(j)
                 em.copy(pt_.ap((nvalid, W), (Wp, 1), j * plane + dr * Wp + pl, partitions=nc),
-                        st.ap((nvalid, W), (W, 1), j * plane_s, partitions=nc), stream="gpsimd")
+                        st.ap((nvalid, W), (W, 1), j * plane_s + pb0, partitions=nc), stream="gpsimd")
             base, row, roff = pt_, Wp, 0
 
         def mov(blk, t0, nr, ow0, nw):
@@ -275,7 +307,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         return mov
 
     def stat(gi, blk, jk, nk):
-        key = (blk[0], jk) if packed else (blk[0], blk[1], jk)
+        key = (blk[0], blk[1], jk)
         np_ = len(chunks[blk[0]]) if packed else cm.nparts(blk[0])
         return wtiles[gi].ap((nk,), (1,), blk_off[key], partitions=np_)
 
@@ -294,8 +326,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     nxt = load_band(*bands[0])
     for bi_, (n, oh0, nbo) in enumerate(bands):
         mov = nxt
-        ot = out_pool.next()
-        stores_now = nbo * OW * it >= 2048 and KT > 1
+        ot = None if res_out else out_pool.next()
+        stores_now = nbo * OW * it >= 2048 and KT > 1 and not res_out
         for gi, grp in enumerate(kgroups):
             if not weights_once:
                 if gi == 0 and 0 not in wtiles:
@@ -315,6 +347,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                                   start=bi2 == 0, stop=bi2 == len(blks) - 1)
                     sc, bb = epi(jk, nk)
                     o_off = jk * bo * OW + t0 * OW + ow0
+                    if res_out:  # evacuate PSUM straight into the resident output
+                        ot, o_off = out.sbuf, ((jk * N + n) * OH + oh0 + t0) * OW + ow0
                     dst_o = ot.ap((nr, nw), (OW, 1), o_off, partitions=nk) if nr > 1 else \
                         ot.ap((nw,), (1,), o_off, partitions=nk)
                     em.act(dst_o, dst, func=func, scale=sc, bias=bb)
@@ -322,17 +356,19 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                     _store(em, out, ot, km, n, jk, jk + 1, oh0, nbo, bo, OW, OH, P)
             if not weights_once and gi + 2 < len(kgroups):
                 pass
-        if not stores_now:
+        if not stores_now and not res_out:
             _store(em, out, ot, km, n, 0, KT, oh0, nbo, bo, OW, OH, P)
     # release
     wpool.release()
-    out_pool.release()
+    if out_pool is not None:
+        out_pool.release()
     psum_pool.release()
     if packed:
         for p in in_pools:
             p.release()
     else:
-        in_pool.release()
+        if in_pool is not None:
+            in_pool.release()
         if pad_pool is not None:
             pad_pool.release()
     if cols is not None:

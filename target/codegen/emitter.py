@@ -104,7 +104,7 @@ class _Tracker:
         keys = [(space, k) for k in range(b0 // bs, (b1 - 1) // bs + 1)]
         deps = []
         seen = set()
-        stream = ref[0]
+        stream = ref.stream
         for key in keys:
             lst = self.buckets[key]
             keep = []
@@ -122,7 +122,7 @@ class _Tracker:
                             deps.append(e.ref)
                     covered = e.p0 >= p0 and e.p1 <= p1 and e.b0 >= b0 and e.b1 <= b1 and \
                         (rows is None or rows[1] == 1 or rows[2] >= rows[0])
-                    if covered and (write or (not e.write and e.ref[0] == stream)):
+                    if covered and (write or (not e.write and stream is not None and e.ref.stream == stream)):
                         e.dead = True
                         continue
                 keep.append(e)
@@ -142,16 +142,24 @@ class _RangeAllocator:
         self.free_list = [(0, size)]
         self.used = 0
         self.peak = 0
+        self.cursor = 0  # next-fit: rotate addresses so consecutive kernels do not reuse them
 
     def alloc(self, nbytes: int) -> int:
         n = max(self.align, -(-nbytes // self.align) * self.align)
-        for i, (a, b) in enumerate(self.free_list):
+        order = [i for i, (a, b) in enumerate(self.free_list) if b > self.cursor] + \
+                [i for i, (a, b) in enumerate(self.free_list) if b <= self.cursor]
+        for i in order:
+            a, b = self.free_list[i]
+            a = max(a, self.cursor) if b - max(a, self.cursor) >= n and a < self.cursor else a
             if b - a >= n:
-                self.free_list[i] = (a + n, b)
-                if a + n == b:
-                    self.free_list.pop(i)
+                fa, fb = self.free_list[i]
+                pieces = [(fa, a)] if a > fa else []
+                if a + n < fb:
+                    pieces.append((a + n, fb))
+                self.free_list[i:i + 1] = pieces
                 self.used += n
                 self.peak = max(self.peak, self.used)
+                self.cursor = (a + n) % self.size
                 return a
         raise AllocationError(
             f"{self.what}: cannot allocate {nbytes} B per partition "
@@ -246,12 +254,13 @@ class HbmRef:
 
 
 class _Rec:
-    __slots__ = ("stream", "idx", "cls", "fields", "waits", "snap")
+    __slots__ = ("stream", "idx", "cls", "fields", "waits", "snap", "end")
 
     def __init__(self, stream, idx, cls, fields):
         self.stream, self.idx, self.cls, self.fields = stream, idx, cls, fields
         self.waits = {}
         self.snap = None
+        self.end = 0  # estimated completion (ticks), for DMA queue choice
 
 
 # ------------------------------------------------------------------ emitter
@@ -269,6 +278,10 @@ class Emitter:
         nq = int(dma_queues or getattr(config, "dma_queues", 16))
         self.dma_streams = tuple(f"dma{i}" for i in range(max(1, nq)))
         self._dma_load = {q: 0 for q in self.dma_streams}
+        self._free_at = {}  # stream -> estimated tick when it is free
+        import os
+        self.dma_piece_bytes = int(os.environ.get("POLYINF_DMA_PIECE", 96 * 1024))
+        self.dma_min_piece = int(os.environ.get("POLYINF_DMA_MIN_PIECE", 32 * 1024))
         self.streams: dict[str, list[_Rec]] = {s: [] for s in ENGINE_STREAMS + self.dma_streams}
         self.known: dict[str, dict[str, int]] = {s: {} for s in self.streams}
         self.tracker = _Tracker()
@@ -316,24 +329,39 @@ class Emitter:
 
     # ---------------------------------------------------------------- emission
     def emit(self, stream: str, cls, **fields):
-        if stream not in self.streams:
+        """Append an instruction; ``stream=None`` for a DmaCopy picks the DMA queue on which it
+        is estimated to start earliest (list scheduling with the config's cost model)."""
+        if stream is not None and stream not in self.streams:
             raise CodegenError(f"unknown stream {stream!r}")
         fields.setdefault("tag", self.tag)
-        idx = len(self.streams[stream])
-        rec = _Rec(stream, idx, cls, fields)
-        ref = (stream, idx)
+        rec = _Rec(stream, -1, cls, fields)
         deps = []
         for f in READ_FIELDS:
             v = fields.get(f)
             if isinstance(v, AP):
-                deps += self.tracker.access(ap_box(v), False, ref)
+                deps += self.tracker.access(ap_box(v), False, rec)
         dst = fields.get("dst")
         if isinstance(dst, AP):
             if cls is isa.MatMul and not fields.get("start", True):
-                deps += self.tracker.access(ap_box(dst), False, ref)
-            deps += self.tracker.access(ap_box(dst), True, ref)
+                deps += self.tracker.access(ap_box(dst), False, rec)
+            deps += self.tracker.access(ap_box(dst), True, rec)
+        cost = self._cost(cls, fields, stream or self.dma_streams[0])
+        ready = 0
+        for d in deps:
+            ready = max(ready, d.end)
+        if stream is None:
+            stream = min(self.dma_streams,
+                         key=lambda q: (max(self._free_at.get(q, 0), max((d.end for d in deps if d.stream != q), default=0)),
+                                        self._dma_load[q]))
+        start = max(self._free_at.get(stream, 0), ready)
+        rec.end = start + cost
+        self._free_at[stream] = rec.end
+        rec.stream = stream
+        idx = len(self.streams[stream])
+        rec.idx = idx
         need: dict[str, int] = {}
-        for (s, i) in deps:
+        for d in deps:
+            s, i = d.stream, d.idx
             if s != stream and need.get(s, -1) < i:
                 need[s] = i
         known = self.known[stream]
@@ -349,33 +377,51 @@ class Emitter:
         self.streams[stream].append(rec)
         return rec
 
+    def _cost(self, cls, fields, stream) -> int:
+        cfg = self.config
+        try:
+            from target import cost as _cost
+            ins = cls(**fields)
+            if cls is isa.DmaCopy:
+                return _cost.dma_ticks(ins, cfg)
+            tpc = cfg.ticks_per_cycle(stream)
+            return (_cost.engine_cycles(ins, cfg) + cfg.access_overhead_cycles) * tpc
+        except Exception:
+            if cls is isa.DmaCopy:
+                return 2000 + max(fields["dst"].nbytes, fields["src"].nbytes) // 16
+            return 100
+
     # convenience wrappers ------------------------------------------------
     def dma(self, dst: AP, src: AP, queue: Optional[str] = None):
-        if queue is None:
-            queue = min(self.dma_streams, key=lambda q: self._dma_load[q])
-        self._dma_load[queue] += max(dst.nbytes, src.nbytes) + 2048  # fixed cost as bytes-equivalent
-        return self.emit(queue, isa.DmaCopy, dst=dst, src=src)
+        rec = self.emit(queue, isa.DmaCopy, dst=dst, src=src)
+        self._dma_load[rec.stream] += max(dst.nbytes, src.nbytes) + 2048
+        return rec
 
-    def dma_split(self, dst: AP, src: AP, piece_bytes: int = 96 * 1024):
+    def dma_split(self, dst: AP, src: AP, piece_bytes: int = None):
         """One logical transfer as several DMAs on different queues: split along partitions
         (groups of 32, keeping the partition-start rule) and then along the outermost free
         dim, so that each piece is about ``piece_bytes`` (latency is per transfer and each
         queue has a fraction of the bandwidth)."""
+        if piece_bytes is None:
+            piece_bytes = self.dma_piece_bytes
         total = max(dst.nbytes, src.nbytes)
-        npieces = max(1, -(-total // piece_bytes))
+        nq = len(self.dma_streams)
+        # enough pieces for bandwidth (~piece_bytes each) and, for latency-critical medium
+        # transfers, up to one piece per queue as long as pieces stay >= 8 KiB
+        npieces = max(-(-total // piece_bytes), min(nq, total // self.dma_min_piece), 1)
         if npieces == 1 or dst.num_partitions != src.num_partitions:
             return [self.dma(dst, src)]
         P = dst.num_partitions
-        pg = P
-        while npieces > 1 and pg > 32 and pg % 2 == 0 and (pg // 2) % 32 == 0:
-            pg //= 2
-            npieces = -(-npieces // 2)
-        if pg == P and P > 32 and npieces > 1:
-            pg = 32
-            npieces = -(-npieces // (-(-P // 32)))
+        # partition groups of >= 8 partitions (a DMA engine serves 8 partitions)
+        pgroups = max(1, min(npieces, P // 8))
+        pg = -(-P // pgroups)
+        if pg % 8 and pg > 8:
+            pg = -(-pg // 8) * 8
+        npg = -(-P // pg)
+        rest = -(-npieces // npg)
         fsplit = 1
-        if npieces > 1 and dst.sizes[0] == src.sizes[0] and dst.sizes[0] > 1:
-            fsplit = min(npieces, dst.sizes[0])
+        if rest > 1 and dst.sizes[0] == src.sizes[0] and dst.sizes[0] > 1:
+            fsplit = min(rest, dst.sizes[0])
         recs = []
         for p0 in range(0, P, pg):
             np_ = min(pg, P - p0)

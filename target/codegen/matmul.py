@@ -39,11 +39,12 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
 
     # ---- B column chunks
     maxn = em.max_moving_free
+    # B (all column chunks) gets at most half of the free SBUF; A^T, bias and outputs the rest
     budget = em.sbuf.largest_free() // 2
     NC = N
-    while NC > maxn and KT * NC * it > budget // 2:
+    while NC > 1 and KT * NC * it * (1 if NC == N else 2) > budget:
         NC = -(-NC // 2)
-    if KT * NC * it > budget:
+    if KT * NC * it * (1 if NC == N else 2) > budget:
         raise CodegenError(f"matmul: B [{Kd}, {N}] chunk does not fit SBUF")
     nchunks = -(-N // NC)
     bpool = em.pool("sbuf", parts, KT * NC * it, cdt, 2 if nchunks > 1 else 1, "mm_b")

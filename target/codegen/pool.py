@@ -35,9 +35,6 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
     Hp = max(H + pt + pb, (OH - 1) * sh + R)
     Wp = max(W + pl + pr, (OW - 1) * sw + S)
     padded = (Hp, Wp) != (H, W)
-    need = CT * H * W + CT * OH * OW + (0 if glob else CT * Hp * OW + (CT * Hp * Wp if padded else 0))
-    if need * it > em.sbuf.largest_free():
-        raise AllocationError(f"pool {x.shape}: needs {need * it} B per partition")
     divmap = None
     if mode == "avg" and not glob and any(padding) and not count_include_pad:
         cnt = np.zeros((OH, OW), np.float32)
@@ -48,68 +45,102 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
         dv = const(f"{em.tag.split(':')[0]}/pool_div", 1.0 / np.maximum(cnt, 1).reshape(1, -1), "fp32")
         divmap = em.sbuf_tile(parts, OH * OW * 4, "fp32", "pool_div")
         em.dma_split(divmap.ap((OH * OW,)), dv.flat_ap(0, parts, 0, (OH * OW,), (1,)))
-    for n in range(N):
-        xt = em.sbuf_tile(parts, CT * H * W * it, cdt, "pool_x")
-        ot = em.sbuf_tile(parts, CT * OH * OW * it, cdt, "pool_o")
-        if not cm.blocked and CT > 1 and C % P:
-            em.memset(xt.ap((CT * H * W,)), 0.0)  # the last tile is partial; keep all bytes defined
+    partial = not cm.blocked and CT > 1 and C % P
+
+    def load(n, ih0, nrows, stage_elems):
+        xt = em.sbuf_tile(parts, stage_elems * it, cdt, "pool_x")
+        if partial:
+            em.memset(xt.ap((stage_elems,)), 0.0)  # the last tile is partial; keep all bytes defined
+        per = stage_elems // CT
         if cm.blocked or CT == 1:
-            em.dma_split(xt.ap((CT * H * W,)), x.flat_ap(n * C * H * W, parts, CT * H * W, (CT * H * W,), (1,)))
+            em.dma_split(xt.ap((CT, nrows * W), (per, 1)),
+                         x.flat_ap(n * C * H * W + ih0 * W, parts, CT * H * W, (CT, nrows * W), (H * W, 1)))
         else:
             for j in range(CT):
-                em.dma_split(xt.ap((H * W,), (1,), j * H * W, partitions=cm.nparts(j)),
-                             x.chan_ap(n, j * P, cm.nparts(j), 0, (H * W,), (1,)))
-        tiles = [xt, ot]
-        if glob:
+                em.dma_split(xt.ap((nrows * W,), (1,), j * per, partitions=cm.nparts(j)),
+                             x.chan_ap(n, j * P, cm.nparts(j), ih0 * W, (nrows * W,), (1,)))
+        return xt
+
+    def store(n, ot, oh0, nbo, per):
+        if cm.blocked or CT == 1:
+            em.dma_split(out.flat_ap(n * C * OH * OW + oh0 * OW, parts, CT * OH * OW, (CT, nbo * OW), (OH * OW, 1)),
+                         ot.ap((CT, nbo * OW), (per, 1)))
+        else:
+            for j in range(CT):
+                em.dma_split(out.chan_ap(n, j * P, cm.nparts(j), oh0 * OW, (nbo * OW,), (1,)),
+                             ot.ap((nbo * OW,), (1,), j * per, partitions=cm.nparts(j)))
+
+    if glob:
+        if (CT * H * W + CT) * it > em.sbuf.largest_free():
+            raise AllocationError(f"global pool {x.shape}: needs {(CT * H * W + CT) * it} B per partition")
+        for n in range(N):
+            xt = load(n, 0, H, CT * H * W)
+            ot = em.sbuf_tile(parts, CT * it, cdt, "pool_o")
             em.reduce(ot.ap((CT,), (1,)), xt.ap((CT, H * W)), op=op, axes=1)
             if mode == "avg":
                 em.act(ot.ap((CT,)), ot.ap((CT,)), scale=1.0 / (H * W))
-        else:
-            if padded:
-                pt_ = em.sbuf_tile(parts, CT * Hp * Wp * it, cdt, "pool_pad")
-                tiles.append(pt_)
-                em.memset(pt_.ap((CT * Hp * Wp,)), NEG if mode == "max" else 0.0)
-                for j in range(CT):
-                    np_ = cm.nparts(j)
-                    em.copy(pt_.ap((H, W), (Wp, 1), j * Hp * Wp + pt * Wp + pl, partitions=np_),
-                            xt.ap((H, W), (W, 1), j * H * W, partitions=np_), stream="gpsimd")
-                src = pt_
-            else:
-                src = xt
-            tmp = em.sbuf_tile(parts, CT * Hp * OW * it, cdt, "pool_tmp")
-            tiles.append(tmp)
-            # column pass: tmp[j, h, ow] = op_q src[j, h, ow*sw + q]
-            tv = tmp.ap((CT, Hp, OW), (Hp * OW, OW, 1))
-            col = lambda q: src.ap((CT, Hp, OW), (Hp * Wp, Wp, sw), q)
-            if S == 1:
-                em.copy(tv, col(0))
-            else:
-                em.tt(tv, col(0), col(1), op=op)
-                for q in range(2, S):
-                    em.tt(tv, tv, col(q), op=op)
-            ov = ot.ap((CT, OH, OW), (OH * OW, OW, 1))
-            row = lambda r: tmp.ap((CT, OH, OW), (Hp * OW, sh * OW, 1), r * OW)
-            if R == 1:
-                em.copy(ov, row(0))
-            else:
-                em.tt(ov, row(0), row(1), op=op)
-                for r in range(2, R):
-                    em.tt(ov, ov, row(r), op=op)
-            if mode == "avg":
-                if divmap is not None:
-                    for j in range(CT):
+            store(n, ot, 0, 1, 1)
+            em.free(xt, ot)
+    else:
+        def band_bytes(bo):
+            rp = (bo - 1) * sh + R
+            return CT * it * (rp * W + (rp * Wp if padded else 0) + rp * OW + bo * OW)
+        bo = OH
+        free = em.sbuf.largest_free() * 0.9
+        while bo > 1 and band_bytes(bo) > free:
+            bo = -(-bo // 2)
+        if band_bytes(bo) > free:
+            raise AllocationError(f"pool {x.shape}: one output row needs {band_bytes(1)} B per partition")
+        for n in range(N):
+            for oh0 in range(0, OH, bo):
+                nbo = min(bo, OH - oh0)
+                rp = (nbo - 1) * sh + R  # padded-coordinate rows of this band
+                r0p = oh0 * sh
+                ih0, ih1 = max(0, r0p - pt), min(H, r0p + rp - pt)
+                nv = max(0, ih1 - ih0)
+                rpb = (bo - 1) * sh + R
+                xt = load(n, ih0, nv, CT * rpb * W) if nv else em.sbuf_tile(parts, CT * rpb * W * it, cdt, "pool_x")
+                tiles = [xt]
+                if padded:
+                    pt_ = em.sbuf_tile(parts, CT * rpb * Wp * it, cdt, "pool_pad")
+                    tiles.append(pt_)
+                    em.memset(pt_.ap((CT * rpb * Wp,)), NEG if mode == "max" else 0.0)
+                    dr = ih0 + pt - r0p
+                    for j in range(CT if nv else 0):
                         np_ = cm.nparts(j)
-                        o = ot.ap((OH * OW,), (1,), j * OH * OW, partitions=np_)
-                        em.tt(o, o, divmap.ap((OH * OW,), partitions=np_), op="multiply")
+                        em.copy(pt_.ap((nv, W), (Wp, 1), j * rpb * Wp + dr * Wp + pl, partitions=np_),
+                                xt.ap((nv, W), (W, 1), j * rpb * W, partitions=np_), stream="gpsimd")
+                    src, srow, splane = pt_, Wp, rpb * Wp
                 else:
-                    em.act(ot.ap((CT * OH * OW,)), ot.ap((CT * OH * OW,)), scale=1.0 / (R * S))
-        if cm.blocked or CT == 1:
-            em.dma_split(out.flat_ap(n * C * OH * OW, parts, CT * OH * OW, (CT * OH * OW,), (1,)),
-                         ot.ap((CT * OH * OW,)))
-        else:
-            for j in range(CT):
-                em.dma_split(out.chan_ap(n, j * P, cm.nparts(j), 0, (OH * OW,), (1,)),
-                             ot.ap((OH * OW,), (1,), j * OH * OW, partitions=cm.nparts(j)))
-        em.free(*tiles)
+                    src, srow, splane = xt, W, rpb * W
+                tmp = em.sbuf_tile(parts, CT * rpb * OW * it, cdt, "pool_tmp")
+                ot = em.sbuf_tile(parts, CT * bo * OW * it, cdt, "pool_o")
+                tiles += [tmp, ot]
+                tv = tmp.ap((CT, rp, OW), (rpb * OW, OW, 1))
+                col = lambda q: src.ap((CT, rp, OW), (splane, srow, sw), q)
+                if S == 1:
+                    em.copy(tv, col(0))
+                else:
+                    em.tt(tv, col(0), col(1), op=op)
+                    for q in range(2, S):
+                        em.tt(tv, tv, col(q), op=op)
+                ov = ot.ap((CT, nbo, OW), (bo * OW, OW, 1))
+                row = lambda r: tmp.ap((CT, nbo, OW), (rpb * OW, sh * OW, 1), r * OW)
+                if R == 1:
+                    em.copy(ov, row(0))
+                else:
+                    em.tt(ov, row(0), row(1), op=op)
+                    for r in range(2, R):
+                        em.tt(ov, ov, row(r), op=op)
+                if mode == "avg":
+                    if divmap is not None:
+                        for j in range(CT):
+                            np_ = cm.nparts(j)
+                            o = ot.ap((nbo * OW,), (1,), j * bo * OW, partitions=np_)
+                            em.tt(o, o, divmap.ap((nbo * OW,), (1,), oh0 * OW, partitions=np_), op="multiply")
+                    else:
+                        em.act(ov, ov, scale=1.0 / (R * S))
+                store(n, ot, oh0, nbo, bo * OW)
+                em.free(*tiles)
     if divmap is not None:
         em.free(divmap)
