@@ -8,6 +8,8 @@ seeded random initializer of sensible scale for its role:
 * Conv / Gemm / MatMul weights: He-normal, std = sqrt(2 / fan_in);
 * biases: N(0, 0.05);
 * BatchNormalization: scale U(0.5, 1.5), bias N(0, 0.1), mean N(0, 0.1), var U(0.5, 1.5);
+  the BN that ends a residual branch (its output goes straight into a Sum/Add of
+  activations) gets scale U(0.1, 0.3), so activations stay O(1) through the blocks;
 * Caffe2-style affine (Unsqueeze -> Mul / Add): multiplier U(0.5, 1.5), offset N(0, 0.1).
 
 Each tensor's values depend only on ``seed`` and the tensor's name.  Compare logits,
@@ -75,6 +77,8 @@ def _role(name, graph, cons, shape):
                     return "weight", int(shape[0] if trans_a else shape[1])
                 return "bias", 0
             if op == "BatchNormalization":
+                if k == 1 and _feeds_residual_sum(node, graph, cons):
+                    return "bn_scale_residual", 0
                 return ("bn_scale", "bn_bias", "bn_mean", "bn_var")[k - 1] if k >= 1 else "act", 0
             if op == "Mul":
                 return "scale", 0
@@ -83,7 +87,23 @@ def _role(name, graph, cons, shape):
     return "other", 0
 
 
+def _feeds_residual_sum(node, graph, cons) -> bool:
+    """Whether ``node``'s output goes straight into a Sum/Add of two or more activations
+    (the end of a residual branch or its projection shortcut)."""
+    inits = {t.name for t in graph.initializer}
+    for user, _k in cons.get(node.output[0], []):
+        if user.op_type in ("Sum", "Add"):
+            if sum(1 for i in user.input if i not in inits) >= 2:
+                return True
+    return False
+
+
 def _random(kind, fan_in, shape, rng):
+    if kind == "bn_scale_residual":
+        # residual branches end with a small gain (as "zero-init last BN gamma" does, but
+        # not zero): activations then stay O(1) through all blocks instead of growing
+        # ~2.5x per block, while every branch still contributes
+        return rng.uniform(0.1, 0.3, size=shape).astype(np.float32)
     if kind == "weight":
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / max(fan_in, 1)))
     if kind in ("bn_scale", "scale", "bn_var"):
