@@ -217,3 +217,28 @@ def test_dump_is_readable(conv):
     assert "flow dependences" in text and "gv.pad_temp -> gv.conv2d_nchw" in text
     js = m.to_json()
     assert js["macs"] == 13824 and len(js["statements"]) == 3
+
+
+@pytest.mark.parametrize("closed_form", [True, False])
+def test_flow_fast_paths_equal_plain_compute_flow(closed_form, monkeypatch):
+    """The last-writer shortcut, the closed form of reduction self-dependences and the
+    compacted schedules give exactly isl's compute_flow over the full original schedule."""
+    if not closed_form:
+        monkeypatch.setattr(dataflow.Flow, "_reduction_self_flow", lambda *a: None)
+    m = model_of(U.residual_model(c=2, h=5, w=5))
+    fl = dataflow.flow(m)
+    fl.per_array
+    if closed_form:
+        assert fl.stats["reduction"] == 2 and fl.stats["compute_flow"] == 0
+    else:
+        assert fl.stats["reduction"] == 0 and fl.stats["compute_flow"] == 2
+    sched = m.schedule()
+    for arr in m.arrays:
+        sink = m.accesses("read", arr)
+        src = m.accesses("write", arr)
+        if sink.is_empty() or src.is_empty():
+            continue
+        ref = isl.UnionAccessInfo.from_sink(sink).set_must_source(src) \
+            .set_schedule_map(sched).compute_flow().get_must_dependence()
+        assert fl.dep(arr).is_equal(ref), arr
+    assert fl.all().is_equal(fl.all().coalesce())

@@ -49,6 +49,23 @@ def compact_schedule(model: PolyModel, stmts) -> isl.UnionMap:
     return u
 
 
+def _const(pa: isl.PwAff) -> int | None:
+    pieces = pa.get_pieces()
+    if len(pieces) != 1 or not pieces[0][1].is_cst():
+        return None
+    v = pieces[0][1].get_constant_val()
+    return int(v.to_python()) if v.is_int() else None
+
+
+def _same_spatial(st, first_r: int) -> isl.Map:
+    """{ S[s, k] -> S[s, k'] } over the statement's domain (same spatial dims)."""
+    dims = list(st.dims)
+    out = [d if i < first_r else f"{d}_" for i, d in enumerate(dims)]
+    m = isl.Map(f"{{ {st.isl_id}[{', '.join(dims)}] -> {st.isl_id}[{', '.join(out)}] }}",
+                context=st.domain.get_ctx())
+    return m.intersect_domain(st.domain).intersect_range(st.domain)
+
+
 def _strictly_after(r, w) -> bool:
     """True when every instance of statement r runs after every instance of statement w
     (their time vectors differ first at a constant position, in r's favour)."""
@@ -70,6 +87,7 @@ class Flow:
         self._dep: dict = {}
         self._nosrc: dict = {}
         self._cache: dict = {}
+        self.stats = {"last-writer": 0, "reduction": 0, "compute_flow": 0}
         self._readers: dict[str, list] = {}
         self._writers: dict[str, list] = {}
         for st in model.statements:
@@ -113,6 +131,7 @@ class Flow:
             dep, nosrc = empty, empty
             if later:
                 last = self._last_writer(arr, writes)
+                self.stats["last-writer"] += len(later)
                 written = last.domain()
                 for _, a in later:
                     r = isl.UnionMap.from_map(a.relation)
@@ -120,21 +139,31 @@ class Flow:
                     ns = r.subtract_range(written)
                     if not ns.is_empty():
                         nosrc = nosrc.union(ns)
-            if inner:
+            rest = []
+            for st, a in inner:
+                d = self._reduction_self_flow(st, a, writes) if all_exact else None
+                if d is None:
+                    rest.append((st, a))
+                else:
+                    dep = dep.union(d)
+                    self.stats["reduction"] += 1
+            if rest:
+                inner_ = rest
                 sink, must, may = empty, empty, empty
-                for _, a in inner:
+                for _, a in inner_:
                     sink = sink.union(isl.UnionMap.from_map(a.relation))
                 for _, a in writes:
                     if a.exact:
                         must = must.union(isl.UnionMap.from_map(a.relation))
                     else:
                         may = may.union(isl.UnionMap.from_map(a.relation))
-                stmts = {st.name: st for st, _ in inner + writes}.values()
+                stmts = {st.name: st for st, _ in inner_ + writes}.values()
                 sched = compact_schedule(model, stmts)
                 info = isl.UnionAccessInfo.from_sink(sink).set_must_source(must)
                 if not may.is_empty():
                     info = info.set_may_source(may)
                 res = info.set_schedule_map(sched).compute_flow()
+                self.stats["compute_flow"] += 1
                 d = res.get_may_dependence() if not may.is_empty() else res.get_must_dependence()
                 dep = dep.union(d)
                 ns = res.get_may_no_source()
@@ -145,6 +174,79 @@ class Flow:
         self._dep[arr] = dep
         if not ns.is_empty():
             self._nosrc[arr] = ns
+
+    def _reduction_self_flow(self, st, read, writes) -> isl.UnionMap | None:
+        """Closed form of a reduction update reading its own accumulator, as TVM defines it:
+        the update instance (s, k) reads the value written by the lexicographic predecessor of
+        k in the reduction box (same spatial point s), or by the init at k = min. Used only
+        when it is provably the exact flow (else None -> compute_flow):
+        writers = {init, update} of one block, the update reads what it writes, the write
+        depends only on the spatial dims (injective there), the domain is a box whose
+        reduction dims are innermost."""
+        if st.role != "update" or len(writes) != 2:
+            return None
+        names = {w.name for w, _ in writes}
+        init_name = st.name + ".init"
+        if names != {st.name, init_name}:
+            return None
+        (w_upd,) = [a for w, a in writes if w.name == st.name]
+        (w_init,) = [a for w, a in writes if w.name == init_name]
+        init = self.model.statement(init_name)
+        kinds = st.dim_kinds
+        if "?" in kinds or "R" not in kinds:
+            return None
+        first_r = kinds.index("R")
+        if any(k != "R" for k in kinds[first_r:]):
+            return None  # reduction dims are not innermost
+        if not read.relation.is_equal(w_upd.relation) or not w_init.relation.is_injective():
+            return None
+        dom = st.domain
+        bounds = []
+        for i in range(dom.dim(isl.dim_type.set)):
+            lo, hi = _const(dom.dim_min(i)), _const(dom.dim_max(i))
+            if lo is None or hi is None:
+                return None
+            bounds.append((lo, hi))
+        box = isl.Set.universe(dom.get_space())
+        for i, (lo, hi) in enumerate(bounds):
+            box = box.lower_bound_val(isl.dim_type.set, i, isl.Val.int_from_si(dom.get_ctx(), lo))
+            box = box.upper_bound_val(isl.dim_type.set, i, isl.Val.int_from_si(dom.get_ctx(), hi))
+        if not box.is_equal(dom):
+            return None
+        # the write must not depend on the reduction dims: W(s, k) == W(s, k_min)
+        at_min = dom
+        for i in range(first_r, len(kinds)):
+            at_min = at_min.fix_val(isl.dim_type.set, i, isl.Val.int_from_si(dom.get_ctx(),
+                                                                              bounds[i][0]))
+        if not w_upd.relation.range().is_equal(w_upd.relation.intersect_domain(at_min).range()):
+            return None
+        if not w_upd.relation.intersect_domain(at_min).is_injective():
+            return None
+        if not isl.UnionMap.from_map(w_upd.relation).apply_range(
+                isl.UnionMap.from_map(w_upd.relation).reverse()).is_subset(
+                isl.UnionMap.from_map(_same_spatial(st, first_r))):
+            return None
+        dims = list(st.dims)
+        src_ids, dst = st.isl_id, st.isl_id
+        pieces = []
+        red = list(range(first_r, len(dims)))
+        for j in reversed(red):  # k_j > lo_j, k_{j+1..} = lo: predecessor decrements k_j
+            cons = [f"{dims[j]} > {bounds[j][0]}"] + [f"{dims[i]} = {bounds[i][0]}"
+                                                       for i in red if i > j]
+            out = [dims[i] if i < j else (f"{dims[i]} - 1" if i == j else str(bounds[i][1]))
+                   for i in range(len(dims))]
+            pieces.append(f"{dst}[{', '.join(dims)}] -> {src_ids}[{', '.join(out)}] : "
+                          + " and ".join(cons))
+        prev = isl.UnionMap(f"{{ {'; '.join(pieces)} }}", context=dom.get_ctx()).reverse()
+        prev = prev.intersect_range(isl.UnionSet.from_set(dom)).intersect_domain(
+            isl.UnionSet.from_set(dom))
+        first = [f"{dims[i]} = {bounds[i][0]}" for i in red]
+        from_init = isl.UnionMap(
+            f"{{ {init.isl_id}[{', '.join(dims)}] -> {dst}[{', '.join(dims)}] : "
+            f"{' and '.join(first)} }}", context=dom.get_ctx())
+        from_init = from_init.intersect_range(isl.UnionSet.from_set(dom)).intersect_domain(
+            isl.UnionSet.from_set(init.domain))
+        return prev.union(from_init)
 
     def _last_writer(self, arr: str, writes) -> isl.UnionMap:
         """``{ element -> the instance that writes it last }`` over all writes of ``arr``."""
