@@ -186,3 +186,23 @@ def test_partition_is_idempotent(fake_backend):
         twice = pipeline.PolyinfPartition()(once)
     assert twice.script() == once.script()
     assert _calls(twice, "polyinf.begin") == 1 and _calls(twice, "polyinf.run") == 2
+
+
+def test_graph_extraction_failure_runs_on_host_with_report():
+    class Broken:
+        PLANNERS = ("per-op",)
+
+        @staticmethod
+        def graph_from_relax(func):
+            raise NotImplementedError("construct not modelled")
+
+    mod = _module(["relu", "exp"])
+    with um.patch.object(pipeline, "_import_backend", lambda: (Broken, fake)):
+        with pytest.warns(UserWarning, match="graph extraction failed"):
+            ex = tvm.compile(mod, target="polyinf")
+    x = np.full(SHAPE, -1.0, "float32")
+    np.testing.assert_allclose(_run(ex, x), np.ones(SHAPE), rtol=1e-6)
+    rep = tvm_poly.last_report().to_dict()
+    assert rep["segments"] == 0
+    assert [h["op"] for h in rep["host_ops"]] == ["relax.nn.relu", "relax.exp"]
+    assert all("construct not modelled" in h["reason"] for h in rep["host_ops"])

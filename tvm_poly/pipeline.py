@@ -157,51 +157,37 @@ def last_compile() -> dict:
 
 
 # ---------------------------------------------------------------------------- the pass
-def _binding_deps(binding, bound: set) -> list:
-    from tvm import relax
-
-    value = binding.value
-    return [v for v in relax.analysis.free_vars(value) if v in bound]
-
-
 def _order_bindings(bindings, is_dev):
     """Topological order of a dataflow block's bindings that keeps device runs maximal.
 
-    Kahn's algorithm; among ready bindings prefer the current mode (device/host), and
-    the original order as tie-break, so unrelated host ops do not split device runs."""
-    n = len(bindings)
-    index = {b.var: i for i, b in enumerate(bindings)}
-    bound = set(index)
-    preds = [set() for _ in range(n)]
-    succs = [set() for _ in range(n)]
-    for i, b in enumerate(bindings):
-        for v in _binding_deps(b, bound):
-            j = index[v]
-            if j != i:
-                preds[i].add(j)
-                succs[j].add(i)
+    Kahn's algorithm that stays in its current mode (device or host) while a binding of
+    that mode is ready, original order as tie-break: an unrelated host op that is ready
+    early does not split a device run, and host work is finished before switching back."""
     import heapq
 
-    indeg = [len(p) for p in preds]
-    ready_dev, ready_host = [], []
-    for i in range(n):
-        if indeg[i] == 0:
-            heapq.heappush(ready_dev if is_dev[i] else ready_host, i)
+    from tvm import relax
+
+    index = {b.var: i for i, b in enumerate(bindings)}
+    succs = [set() for _ in bindings]
+    indeg = [0] * len(bindings)
+    for i, b in enumerate(bindings):
+        for j in {index[v] for v in relax.analysis.free_vars(b.value) if v in index} - {i}:
+            succs[j].add(i)
+            indeg[i] += 1
+    ready = {True: [], False: []}
+    for i, d in enumerate(indeg):
+        if d == 0:
+            heapq.heappush(ready[is_dev[i]], i)
     order, mode = [], True
-    while ready_dev or ready_host:
-        if mode and ready_dev or not ready_host:
-            i = heapq.heappop(ready_dev)
-            mode = True
-        else:
-            i = heapq.heappop(ready_host)
-            mode = not ready_host and bool(ready_dev)
+    while ready[True] or ready[False]:
+        if not ready[mode]:
+            mode = not mode
+        i = heapq.heappop(ready[mode])
         order.append(i)
         for j in succs[i]:
             indeg[j] -= 1
             if indeg[j] == 0:
-                heapq.heappush(ready_dev if is_dev[j] else ready_host, j)
-    # Prefer finishing host work before starting the next device run: the loop above
-    # switches to host only when no device op is ready, which is what maximal runs need.
+                heapq.heappush(ready[is_dev[j]], j)
     return order
 
 
@@ -357,7 +343,6 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
     """The work of :class:`PolyinfPartition` (see the module docstring)."""
     import warnings
 
-    import tvm
     from tvm import relax
 
     from .targets import config_spec, load_hardware_config
@@ -383,18 +368,32 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
     if func.attrs is not None and PARTITIONED_ATTR in func.attrs:
         return mod  # already partitioned (e.g. an explicit pipeline that ran the pass)
     graph_mod, driver = backend or _import_backend()
+    body = func.body
     try:
         graph = graph_mod.graph_from_relax(func)
     except TvmPolyError:
         raise
-    except Exception as e:  # a construct the graph builder does not model: all on host
+    except Exception as e:  # noqa: BLE001 - a construct the graph does not model: all on host
         warnings.warn(f"polyinf: graph extraction failed ({type(e).__name__}: {e}); "
                       "running the whole model on the host")
-        info["host_ops"] = [{"name": b.var.name, "op": str(getattr(b.value.op, "name", "?")),
-                             "reason": f"graph extraction failed: {e}"}
-                            for blk in func.body.blocks for b in blk.bindings
-                            if isinstance(b.value, relax.Call)]
-        return done(mod)
+        graph = None
+        host_ops = [{"name": b.var.name, "op": str(getattr(b.value.op, "name", "?")),
+                     "reason": f"graph extraction failed: {type(e).__name__}: {e}"}
+                    for blk in body.blocks for b in blk.bindings if isinstance(b.value, relax.Call)]
+    if graph is not None:
+        plans, host_ops = _plan_blocks(body, graph, config, planner, dtype, driver)
+    else:
+        plans = [None] * len(body.blocks)
+    return done(_rewrite(mod, gv, func, plans, host_ops, info, spec, planner, dtype))
+
+
+def _plan_blocks(body, graph, config, planner, dtype, driver):
+    """Per block: None (not a dataflow block) or (bindings, [(on_device, ids, names, cp)]),
+    plus the host operator list."""
+    import warnings
+
+    from tvm import relax
+
     nodes = list(graph.nodes)
     gaps = _lowering_gaps(graph, config, planner, dtype)
     if gaps:
@@ -404,8 +403,7 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
     node_by_name = {n.name: n for n in nodes}
     host_ops = [{"name": n.name, "op": n.op, "reason": n.reason} for n in nodes if not n.supported]
 
-    body = func.body
-    plans = []  # per block: None (keep as is) or (bindings, [(on_device, ids, names, cp)])
+    plans = []
     for block in body.blocks:
         if not isinstance(block, relax.DataflowBlock):
             plans.append(None)
@@ -444,7 +442,15 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
             graph = dataclasses.replace(graph, nodes=tuple(
                 node_by_name.get(n.name, n) for n in graph.nodes))
         plans.append((bindings, runs))
+    return plans, host_ops
 
+
+def _rewrite(mod, gv, func, plans, host_ops, info, spec, planner, dtype):
+    """``mod`` with main's device runs replaced by polyinf.run calls, and polyinf.begin."""
+    import tvm
+    from tvm import relax
+
+    body = func.body
     info["host_ops"] = host_ops
     info["device_ops"] = sum(len(r[2]) for p in plans if p for r in p[1] if r[0])
     seg_count = sum(1 for p in plans if p for r in p[1] if r[0])
@@ -490,8 +496,7 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
     out[gv] = new_func
     out = relax.transform.Normalize()(out)
     # host bindings whose only users moved to the device (e.g. folded weight transposes)
-    out = relax.transform.DeadCodeElimination(["main"])(out)
-    return done(out)
+    return relax.transform.DeadCodeElimination(["main"])(out)
 
 
 def _emit_segment(cp, seg_index, seg_count, bindings, ids, func, host_ops, spec, config_text,
