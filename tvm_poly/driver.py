@@ -130,6 +130,17 @@ class LowerCtx:
         if name in self.values:
             return self.values[name]
         t = self.tm[name]
+        pl = self.plan.placement(name)
+        if pl.placement == "sbuf":
+            if name in self.graph.outputs:
+                raise CodegenError(f"graph output {name} cannot be SBUF-resident")
+            size = int(np.prod(t.shape))
+            need = -(-size // pl.num_partitions) * isa.DTYPES[self.cdt]
+            tile = self.em.sbuf_resident(pl.start_partition, pl.num_partitions, pl.offset,
+                                         max(pl.nbytes, need), self.cdt, name)
+            v = Value(name, tuple(t.shape), self.cdt, sbuf=tile)
+            self.values[name] = v
+            return v
         members = [m for m in list(self._alias) + [name] if self.root(m) == name]
         outs = [m for m in members if m in self.graph.outputs]
         if outs:

@@ -166,6 +166,18 @@ class _RangeAllocator:
             f"({self.used} of {self.size} B in use, largest free range "
             f"{max((b - a for a, b in self.free_list), default=0)} B)")
 
+    def reserve(self, off: int, nbytes: int):
+        """Take the exact range [off, off+nbytes) (a planner-chosen resident allocation)."""
+        n = max(self.align, -(-nbytes // self.align) * self.align)
+        for i, (a, b) in enumerate(self.free_list):
+            if a <= off and off + n <= b:
+                pieces = ([(a, off)] if off > a else []) + ([(off + n, b)] if off + n < b else [])
+                self.free_list[i:i + 1] = pieces
+                self.used += n
+                self.peak = max(self.peak, self.used)
+                return off
+        raise AllocationError(f"{self.what}: range [{off}, {off + n}) is not free")
+
     def free(self, off: int, nbytes: int):
         n = max(self.align, -(-nbytes // self.align) * self.align)
         self.used -= n
@@ -312,6 +324,14 @@ class Emitter:
             raise CodegenError(f"tile {name}: {partitions} partitions (max {self.partitions})")
         off = self.sbuf.alloc(nbytes)
         return Tile(Mem.SBUF, partitions, off, -(-nbytes // 4) * 4, dtype, name)
+
+    def sbuf_resident(self, start_partition: int, partitions: int, offset: int, nbytes: int, dtype: str,
+                      name: str = "") -> Tile:
+        """A planner-placed SBUF allocation (kept for the whole program)."""
+        if start_partition != 0:
+            raise CodegenError(f"resident {name}: allocations start at partition 0")
+        self.sbuf.reserve(offset, nbytes)
+        return Tile(Mem.SBUF, partitions, offset, -(-nbytes // 4) * 4, dtype, name)
 
     def psum_tile(self, partitions: int, nbytes: int = None, name: str = "") -> Tile:
         nbytes = self.psum_bank_bytes if nbytes is None else nbytes

@@ -6,6 +6,8 @@ A :class:`Value` is a logical tensor (row-major shape, ISA dtype) with a placeme
 * ``sbuf``: a resident :class:`Tile` in the *channel-tiled layout*: for a tensor viewed as
   ``[N, C, F]`` (F = product of the trailing dims), channel ``c`` of image ``n`` lives on
   partition ``c % 128`` at element offset ``((c // 128) * N + n) * F`` of the tile.
+  Kernels reading or writing a resident value use the cyclic channel mapping for it
+  (``conv.ChanMap(C, P, cyclic=True)``); flat accesses must be channel-row shaped.
 
 Operator code asks for access patterns through :meth:`Value.chan_ap` /
 :meth:`Value.flat_ap` and moves data with DMA; a DMA from a resident value is an
@@ -70,7 +72,17 @@ class Value:
         raise CodegenError(f"value {self.name} has no placement")
 
     def flat_ap(self, elem_off: int, partitions: int, partition_stride: int, sizes, strides) -> isa.AP:
-        """AP over the flat row-major tensor (HBM placement only)."""
-        if self.hbm is None:
-            raise CodegenError(f"{self.name}: flat access needs an HBM placement")
-        return self.hbm.ap(elem_off, partitions, partition_stride, sizes, strides)
+        """AP over the flat row-major tensor: row p (of ``partitions``) starts at element
+        ``elem_off + p * partition_stride``.  For a resident value the rows must be channel
+        planes (partition_stride == F, or a single row inside one plane)."""
+        if self.hbm is not None:
+            return self.hbm.ap(elem_off, partitions, partition_stride, sizes, strides)
+        if self.sbuf is not None:
+            N, C, F = self.ncf()
+            nc_, f = divmod(int(elem_off), F)
+            n, c = divmod(nc_, C)
+            if partitions > 1 and partition_stride != F:
+                raise CodegenError(f"resident {self.name}: flat access with row stride {partition_stride} "
+                                   f"is not channel-row shaped (F={F})")
+            return self.chan_ap(n, c, partitions, f, sizes, strides)
+        raise CodegenError(f"value {self.name} has no placement")
