@@ -84,7 +84,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             wd[g * Kg:(g + 1) * Kg, g * Cg:(g + 1) * Cg] = w[g * Kg:(g + 1) * Kg]
         w = wd
     packed = groups == 1 and C < 16 and R * S > 1
-    km = ChanMap(K, P, cyclic=out.sbuf is not None)
+    km = ChanMap(K, P)
     res_in, res_out = x.sbuf is not None, out.sbuf is not None  # SBUF-resident operands
     Mk = km.parts
     kidx = km.index()  # [KT, Mk]
@@ -151,7 +151,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         kgroups = [list(range(KT))]
         wconsts = [arr.reshape(rows, -1)]
     else:
-        cm = ChanMap(C, P, cyclic=res_in)
+        cm = ChanMap(C, P)
         cidx = cm.index()  # [CT, parts]
         CT = cm.T
         # A[jk, m, j, p, tap] = w[kidx[jk, m], cidx[j, p], tap]
@@ -268,11 +268,16 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         ih1 = min(H, r0p + nrows_p - pt)
         nvalid = ih1 - ih0
         plane_s = in_rows(bo) * W
-        if res_in:  # resident input: read (or pad-copy) straight from its SBUF buffer
-            st, plane_s = x.sbuf, N * H * W
-            pb0 = (n * H + ih0) * W  # element of (image n, row ih0) in plane 0
+        if res_in:  # resident input: read (or pad-copy) straight from its SBUF buffer, at the
+            st = x.sbuf  # element offsets of the APs the load DMA would have read
+            if cm.blocked:
+                a0 = _rel(st, x.flat_ap(n * C * H * W + ih0 * W, cm.parts, CT * H * W, (CT, nvalid * W), (H * W, 1)))
+                poffs = [a0 + j * H * W for j in range(CT)]
+            else:
+                poffs = [_rel(st, x.chan_ap(n, j * P, cm.nparts(j), ih0 * W, (nvalid * W,), (1,))) for j in range(CT)]
         else:
-            st, pb0 = in_pool.next(), 0
+            st = in_pool.next()
+            poffs = [j * plane_s for j in range(CT)]
         if res_in:
             pass
         elif cm.blocked:
@@ -284,8 +289,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                 em.dma_split(st.ap((nvalid * W,), elem_offset=j * plane_s, partitions=nc),
                              x.chan_ap(n, j * P, nc, ih0 * W, (nvalid * W,), (1,)))
         if pad_pool is None:
-            base, row, plane = st, W, plane_s
-            roff = r0p - ih0 + pb0 // W  # 0 without padding (absolute row when resident)
+            base, row = st, W
+            pofs = poffs
+            roff = r0p - ih0  # 0 without padding
         else:
             pt_ = pad_pool.next()
             plane = in_rows(bo) * Wp
@@ -294,13 +300,14 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             for j in range(CT):
                 nc = cm.nparts(j)
                 em.copy(pt_.ap((nvalid, W), (Wp, 1), j * plane + dr * Wp + pl, partitions=nc),
-                        st.ap((nvalid, W), (W, 1), j * plane_s + pb0, partitions=nc), stream="gpsimd")
+                        st.ap((nvalid, W), (W, 1), poffs[j], partitions=nc), stream="gpsimd")
             base, row, roff = pt_, Wp, 0
+            pofs = [j * plane for j in range(CT)]
 
         def mov(blk, t0, nr, ow0, nw):
             j, t = blk
             r, s = divmod(t, S)
-            off = j * plane + (t0 * sh + r + roff) * row + ow0 * sw + s
+            off = pofs[j] + (t0 * sh + r + roff) * row + ow0 * sw + s
             if nr == 1:
                 return base.ap((nw,), (sw,), off, partitions=cm.nparts(j))
             return base.ap((nr, nw), (sh * row, sw), off, partitions=cm.nparts(j))
@@ -347,8 +354,11 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                                   start=bi2 == 0, stop=bi2 == len(blks) - 1)
                     sc, bb = epi(jk, nk)
                     o_off = jk * bo * OW + t0 * OW + ow0
-                    if res_out:  # evacuate PSUM straight into the resident output
-                        ot, o_off = out.sbuf, ((jk * N + n) * OH + oh0 + t0) * OW + ow0
+                    if res_out:  # evacuate PSUM straight into the resident output (at the
+                        ot = out.sbuf  # offset of the AP the store DMA would have written)
+                        pix = (oh0 + t0) * OW + ow0
+                        o_off = _rel(ot, out.flat_ap(n * K * OH * OW + jk * OH * OW + pix, nk, KT * OH * OW, (1,), (1,))
+                                     if km.blocked else out.chan_ap(n, jk * P, nk, pix, (1,), (1,)))
                     dst_o = ot.ap((nr, nw), (OW, 1), o_off, partitions=nk) if nr > 1 else \
                         ot.ap((nw,), (1,), o_off, partitions=nk)
                     em.act(dst_o, dst, func=func, scale=sc, bias=bb)
@@ -373,6 +383,14 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             pad_pool.release()
     if cols is not None:
         em.free(cols)
+
+
+def _rel(tile, ap) -> int:
+    """Element offset of ``ap`` inside the resident ``tile`` (it must start on its first partition)."""
+    if ap.start_partition != tile.start_partition:
+        raise CodegenError(f"resident {tile.name}: access starts on partition {ap.start_partition}, "
+                           f"the kernel needs {tile.start_partition}")
+    return (ap.offset - tile.offset) // tile.itemsize
 
 
 def _store(em, out, ot, km, n, j0, j1, oh0, nbo, bo, OW, OH, P):

@@ -54,6 +54,8 @@ def elementwise(em: Emitter, out: Value, inputs: list[Value], op: str, post: str
         raise CodegenError(f"unary elementwise op {op!r} not supported")
     if not unary and op not in isa.ALU_OPS:
         raise CodegenError(f"binary elementwise op {op!r} not supported")
+    if out.sbuf is not None or any(v.sbuf is not None for v in inputs):
+        return elementwise_resident(em, out, inputs, op, post, cdt)
     oshape = tuple(out.shape)
     strides = [bcast_strides(v.shape, oshape) for v in inputs]
     ostr = bcast_strides(oshape, oshape)
@@ -113,6 +115,76 @@ def elementwise(em: Emitter, out: Value, inputs: list[Value], op: str, post: str
         outer, inner = 1, 1
     _run_rows(em, out, inputs, op, post, cdt, rows_total, outer, ap_for, kinds, inner=inner,
               tile_sizes=lambda nc: [nc] + fsizes[1:] if fsizes else [1])
+
+
+def elementwise_resident(em: Emitter, out: Value, inputs: list, op: str, post: str = None, cdt: str = None):
+    """Elementwise with SBUF-resident operands (row-split layout, see values.py): the tensor is
+    ``rows`` partitions x ``L`` contiguous elements; engine instructions read resident operands
+    and write a resident output in place, HBM operands stream through rotating tiles.  Operands
+    must have the output's shape (same ``rows`` when resident) or be single-element scalars."""
+    cdt = cdt or out.dtype
+    it = isa.DTYPES[cdt]
+    size = prod(out.shape)
+    res = [v for v in list(inputs) + [out] if v.sbuf is not None]
+    rows = res[0].sbuf.partitions
+    if size % rows or any(v.sbuf.partitions != rows for v in res):
+        raise CodegenError(f"resident elementwise {out.name}: operands split into different rows")
+    L = size // rows
+    full = []
+    for v in inputs:
+        if tuple(v.shape) == tuple(out.shape):
+            full.append(True)
+        elif prod(v.shape) == 1 and v.sbuf is None:
+            full.append(False)
+        else:
+            raise CodegenError(f"resident elementwise: operand {v.name} {v.shape} vs output {out.shape}")
+    if not any(full):
+        raise CodegenError("elementwise op with only scalar operands")
+    streamed = [k for k, v in enumerate(inputs) if full[k] and v.sbuf is None]
+    chunk = L if not streamed and out.sbuf is not None else max(1, min(L, CHUNK_BYTES // it))
+    pools = {k: em.pool("sbuf", rows, chunk * it, cdt, BUFS, f"ewr{k}_") for k in streamed}
+    opool = None if out.sbuf is not None else em.pool("sbuf", rows, chunk * it, cdt, BUFS, "ewr_o")
+    scal = {}
+    for k, v in enumerate(inputs):
+        if not full[k]:
+            t = em.sbuf_tile(rows, it, cdt, f"ewr_s{k}")
+            em.dma(t.ap((1,)), v.flat_ap(0, rows, 0, (1,), (1,)))
+            scal[k] = t
+    order = [k for k in range(len(inputs)) if full[k]] + [k for k in range(len(inputs)) if not full[k]]
+    if order[0] != 0 and op not in COMMUTATIVE:
+        raise CodegenError(f"{op} with a broadcast first operand")
+    for f0 in range(0, L, chunk):
+        nf = min(chunk, L - f0)
+        aps = {}
+        for k, v in enumerate(inputs):
+            if not full[k]:
+                aps[k] = scal[k].ap((1,))
+            elif v.sbuf is not None:
+                aps[k] = v.flat_ap(f0, rows, L, (nf,), (1,))
+            else:
+                t = pools[k].next().ap((nf,))
+                em.dma_split(t, v.flat_ap(f0, rows, L, (nf,), (1,)))
+                aps[k] = t
+        dst = out.flat_ap(f0, rows, L, (nf,), (1,)) if opool is None else opool.next().ap((nf,))
+        if len(inputs) == 1:
+            em.act(dst, aps[0], func=op)
+        else:
+            for i, k in enumerate(order[1:]):
+                src = aps[order[0]] if i == 0 else dst
+                if full[k]:
+                    em.tt(dst, src, aps[k], op=op)
+                else:
+                    em.ts(dst, src, op0=op, operand0=aps[k])
+            if post:
+                em.act(dst, dst, func=post)
+        if opool is not None:
+            em.dma_split(out.flat_ap(f0, rows, L, (nf,), (1,)), dst)
+    for p in pools.values():
+        p.release()
+    if opool is not None:
+        opool.release()
+    for t in scal.values():
+        em.free(t)
 
 
 def _flat_ap(inputs, out, kinds, k, base, r0, nr, c0, nc, f):
