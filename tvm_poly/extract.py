@@ -170,13 +170,12 @@ class _Conv:
         e = self.an.simplify(e)
         if block_vars:
             try:
-                coeffs = tvm.sym.detect_linear_equation(e, block_vars)
+                coeffs = [_int(c) for c in tvm.sym.detect_linear_equation(e, block_vars)]
             except Exception:  # pragma: no cover - TVM refuses some forms
                 coeffs = []
-            if len(coeffs) == len(block_vars) + 1 and all(_int(c) is not None for c in coeffs):
-                terms = [f"{_int(c)} * {self.env[v]}" for c, v in zip(coeffs, block_vars)
-                         if _int(c) != 0]
-                terms.append(str(_int(coeffs[-1])))
+            if len(coeffs) == len(block_vars) + 1 and None not in coeffs:
+                terms = [f"{c} * {self.env[v]}" for c, v in zip(coeffs, block_vars) if c != 0]
+                terms.append(str(coeffs[-1]))
                 return "(" + " + ".join(terms) + ")"
         return self.aff(e)
 
@@ -601,12 +600,13 @@ class _Extractor:
         self.ops: list[PolyOp] = []
         self.insts: list[_Inst] = []
         self.diags: list[Diagnostic] = []
-        self.const_names: list = []  # (constant object, name)
+        self.const_names: dict = {}  # constant object -> name
         self.alias: dict = {}
         self.tgi: dict = {}  # (tuple var, index) -> var
         self.tuples: dict = {}  # var -> Tuple expr
         self.var_array: dict = {}  # relax var -> array name
         self.templates: dict[str, _Template] = {}
+        self._boxes: dict = {}  # shape -> placeholder box set "A[...]"
         self.times = StepTimes()
 
     # ---- naming ------------------------------------------------------------------------
@@ -652,12 +652,12 @@ class _Extractor:
         """Array name for a Relax argument (var, param, constant)."""
         expr = self._resolve(expr)
         if isinstance(expr, tvm.ir.GenericConst):
-            for c, n in self.const_names:
-                if c.same_as(expr):
-                    return n
-            n = self._new_array(f"const_{len(self.const_names)}",
-                                self._static_shape(expr.ty, "constant"), expr.ty.dtype, "const")
-            self.const_names.append((expr, n))
+            n = self.const_names.get(expr)  # keyed by the object (same_as)
+            if n is None:
+                n = self._new_array(f"const_{len(self.const_names)}",
+                                    self._static_shape(expr.ty, "constant"), expr.ty.dtype,
+                                    "const")
+                self.const_names[expr] = n
             return n
         if isinstance(expr, tvm.ir.Var):
             if expr in self.var_array:
@@ -917,9 +917,11 @@ class _Extractor:
                     out_dims.append(e)
             cons = " and ".join([f"({a.guard})"] + [f"({x})" for x in extra])
             exact, clipped = a.exact, False
-            with unbounded(ctx):
-                box = _box_set(ctx, "A", [f"i{k}" for k in range(len(shape))],
-                               [(0, s) for s in shape])
+            box = self._boxes.get(shape)
+            if box is None:
+                with unbounded(ctx):
+                    box = self._boxes[shape] = _box_set(
+                        ctx, "A", [f"i{k}" for k in range(len(shape))], [(0, s) for s in shape])
             try:
                 ctx.reset_operations()
                 rel = isl.Map(f"{{ {space} -> A[{', '.join(out_dims)}] : {cons} }}",

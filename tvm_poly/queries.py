@@ -88,6 +88,32 @@ def as_union_set(model: PolyModel, iterations: Iterations) -> isl.UnionSet:
     return u
 
 
+def _image(model: PolyModel, its: isl.UnionSet, access: str, tensor: str | None) -> dict:
+    """{tensor: isl.Set of elements} accessed by the instances ``its``; applies only the
+    access relations of the statements present in ``its`` (no whole-model union map)."""
+    out: dict[str, isl.Set] = {}
+    for s in set_list(its):
+        st = model.statement(model.name_of(s.get_tuple_name()))
+        accs = ()
+        if access in ("read", "all"):
+            accs += st.reads
+        if access in ("write", "all"):
+            accs += st.writes
+        for a in accs:
+            if tensor is not None and a.array != tensor:
+                continue
+            e = s.apply(a.relation)
+            out[a.array] = e if a.array not in out else out[a.array].union(e)
+    return out
+
+
+def _elements(model: PolyModel, its: isl.UnionSet, access: str, tensor: str) -> isl.Set:
+    e = _image(model, its, access, tensor).get(tensor)
+    if e is None:
+        return isl.Set.empty(model.array(tensor).box.get_space())
+    return e.coalesce()
+
+
 def _in_space(model: PolyModel, u: isl.UnionSet, tensor: str) -> isl.Set:
     arr = model.array(tensor)
     return u.extract_set(arr.box.get_space())
@@ -105,8 +131,7 @@ def footprint(model: PolyModel, iterations: Iterations, tensor: str, access: str
     "all"), with their exact count and bytes (at the tensor's dtype unless ``elem_bytes``)."""
     def compute():
         its = as_union_set(model, iterations)
-        elems = _in_space(model, its.apply(model.accesses(access, tensor)), tensor)
-        return _fp(model, tensor, elems.coalesce(), elem_bytes)
+        return _fp(model, tensor, _elements(model, its, access, tensor), elem_bytes)
     return _guard(model, f"footprint on {tensor}", compute)
 
 
@@ -114,12 +139,8 @@ def footprints(model: PolyModel, iterations: Iterations, access: str = "read") -
     """Footprint of ``iterations`` on every tensor it accesses: {tensor: Footprint}."""
     def compute():
         its = as_union_set(model, iterations)
-        u = its.apply(model.accesses(access))
-        out = {}
-        for s in set_list(u):
-            name = model.name_of(s.get_tuple_name())
-            out[name] = _fp(model, name, s.coalesce(), None)
-        return out
+        return {name: _fp(model, name, e.coalesce(), None)
+                for name, e in _image(model, its, access, None).items()}
     return _guard(model, "footprints", compute)
 
 
@@ -127,11 +148,8 @@ def reuse(model: PolyModel, tile: Iterations, earlier: Iterations, tensor: str,
           access: str = "read", elem_bytes: int | None = None) -> Reuse:
     """How much of ``tile``'s footprint on ``tensor`` the ``earlier`` tiles already accessed."""
     def compute():
-        acc = model.accesses(access, tensor)
-        need = _in_space(model, as_union_set(model, tile).apply(acc), tensor).coalesce()
-        ear = as_union_set(model, earlier)
-        before = _in_space(model, ear.apply(acc), tensor) if not ear.is_empty() else \
-            isl.Set.empty(need.get_space())
+        need = _elements(model, as_union_set(model, tile), access, tensor)
+        before = _elements(model, as_union_set(model, earlier), access, tensor)
         got = need.intersect(before).coalesce()
         new = need.subtract(before).coalesce()
         return Reuse(tensor, _fp(model, tensor, need, elem_bytes),
@@ -161,11 +179,13 @@ def needs(model: PolyModel, tile: Iterations, tensor: str | None = None) -> isl.
                 reads |= {a.array for a in st.reads}
             tensors = sorted(reads - own)
         out = isl.UnionSet.empty(isl.Space.params_alloc(model.ctx, 0))
+        read = _image(model, its, "read", tensor)
         for t in tensors:
-            elems = its.apply(model.accesses("read", t))
-            if elems.is_empty():
+            elems = read.get(t)
+            if elems is None or elems.is_empty():
                 continue
-            out = out.union(elems.apply(model.accesses("write", t).reverse()))
+            out = out.union(isl.UnionSet.from_set(elems).apply(
+                model.accesses("write", t).reverse()))
         return out.coalesce()
     return _guard(model, "needs", compute)
 
