@@ -42,3 +42,15 @@ def test_poly_cli_missing_file(tmp_path, capsys):
     assert poly_cli.main([str(tmp_path / "missing.onnx")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "missing.onnx" in err
+
+
+def test_poly_cli_batch_override(tmp_path, capsys):
+    model, _ = U.conv_model(n=1, c=3, h=8, w=8, k=4)
+    for vi in list(model.graph.input) + list(model.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    path = str(tmp_path / "dyn.onnx")
+    onnx.save(model, path)
+    assert poly_cli.main([path, "--batch", "3", "--summary"]) == 0
+    assert f"{3 * 4 * 8 * 8 * 3 * 9:,} MACs" in capsys.readouterr().out
+    assert poly_cli.main([path]) == 2  # a symbolic batch needs --batch
+    assert capsys.readouterr().err.startswith("error:")

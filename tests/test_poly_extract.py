@@ -242,3 +242,36 @@ def test_flow_fast_paths_equal_plain_compute_flow(closed_form, monkeypatch):
             .set_schedule_map(sched).compute_flow().get_must_dependence()
         assert fl.dep(arr).is_equal(ref), arr
     assert fl.all().is_equal(fl.all().coalesce())
+
+
+def test_schedule_is_the_original_order(conv):
+    m, _ = conv
+    pad, init, upd = m.statements
+
+    def times(st):
+        return st.domain.apply(st.schedule)
+
+    def point(s):
+        p = s.sample_point()
+        return tuple(int(p.get_coordinate_val(isl.dim_type.set, i).to_python())
+                     for i in range(m.time_dims))
+    # every pad instance runs before every conv instance (operator, then loop order)
+    assert point(times(pad).lexmax()) < point(times(init).lexmin())
+    # the init at a point runs right before the update's first reduction step there
+    at = (0, 1, 2, 3, 0, 0, 0)
+    t_init, t_upd = dataflow.time_of(init, at), dataflow.time_of(upd, at)
+    assert t_init < t_upd and t_init[:-1] == t_upd[:-1]
+    assert dataflow.time_of(upd, (0, 1, 2, 3, 0, 0, 1)) > t_upd
+    sched = m.schedule().intersect_domain(m.domains())
+    assert sched.is_injective()
+    assert m.schedule_tree().get_map().intersect_domain(m.domains()).is_equal(sched)
+
+
+def test_symbolic_shapes_are_refused():
+    from tvm_poly.polymodel import UnsupportedModelError
+
+    model, _ = U.conv_model(n=1, c=3, h=8, w=8, k=4)
+    for vi in list(model.graph.input) + list(model.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_param = "N"
+    with pytest.raises(UnsupportedModelError):
+        model_of(model)

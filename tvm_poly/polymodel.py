@@ -262,6 +262,15 @@ class PolyModel:
             return u
         return self._cached("schedule", build)
 
+    def schedule_tree(self) -> isl.Schedule:
+        """The original schedule as an isl schedule tree (one band over the time space)."""
+        def build():
+            with unbounded(self.ctx):
+                sched = isl.Schedule.from_domain(self.domains())
+                return sched.insert_partial_schedule(
+                    isl.MultiUnionPwAff.from_union_map(self.schedule()))
+        return self._cached("schedule_tree", build)
+
     def accesses(self, kind: str = "read", array: str | None = None,
                  exact_only: bool = False) -> isl.UnionMap:
         """Union of access relations; kind in {"read", "write", "all"}; optionally one array."""
