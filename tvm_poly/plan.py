@@ -15,7 +15,7 @@ class TensorPlacement:
     name: str  # graph tensor name
     placement: str = "hbm"  # hbm | sbuf | alias
     alias_of: str = ""  # placement == "alias": shares the buffer of this tensor (reshape/identity)
-    # placement == "sbuf": resident allocation (channel-tiled layout, see target.codegen.values)
+    # placement == "sbuf": resident allocation (row-split layout, see target.codegen.values)
     start_partition: int = 0
     num_partitions: int = 0
     offset: int = 0

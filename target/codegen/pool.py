@@ -28,7 +28,7 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
     pt, pl, pb, pr = padding
     P = em.partitions
     it = isa.DTYPES[cdt]
-    cm = ChanMap(C, P, cyclic=x.sbuf is not None or out.sbuf is not None)
+    cm = ChanMap(C, P)
     CT, parts = cm.T, cm.parts
     op = "max" if mode == "max" else "add"
     glob = (R, S) == (H, W) and (OH, OW) == (1, 1) and not any(padding)

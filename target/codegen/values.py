@@ -3,11 +3,13 @@
 A :class:`Value` is a logical tensor (row-major shape, ISA dtype) with a placement:
 
 * ``hbm``: an :class:`HbmRef` (the per-op planner puts every tensor here), or
-* ``sbuf``: a resident :class:`Tile` in the *channel-tiled layout*: for a tensor viewed as
-  ``[N, C, F]`` (F = product of the trailing dims), channel ``c`` of image ``n`` lives on
-  partition ``c % 128`` at element offset ``((c // 128) * N + n) * F`` of the tile.
-  Kernels reading or writing a resident value use the cyclic channel mapping for it
-  (``conv.ChanMap(C, P, cyclic=True)``); flat accesses must be channel-row shaped.
+* ``sbuf``: a resident :class:`Tile` in the *row-split layout*: the row-major tensor of
+  ``size`` elements is cut into ``tile.partitions`` rows of ``L = size / rows`` contiguous
+  elements; flat element ``e`` lives on partition ``e // L`` at element ``e % L`` of the tile.
+  For NCHW with N = 1 this is "one channel per partition" when C <= 128 and the kernels'
+  *blocked* mapping (channel p*CT + j on partition p, plane j) when C is a multiple of 128, so
+  every kernel's HBM access pattern maps 1:1 onto the resident tile (an access whose row
+  stride is not L raises CodegenError: e.g. cyclic tiles of a C=200 tensor cannot be resident).
 
 Operator code asks for access patterns through :meth:`Value.chan_ap` /
 :meth:`Value.flat_ap` and moves data with DMA; a DMA from a resident value is an
@@ -61,28 +63,21 @@ class Value:
         """AP over channels [c0, c0+nc) of image n: partition = channel; the free dims
         (``sizes``/``strides`` in elements) index inside one channel plane from ``elem_off``."""
         N, C, F = self.ncf(channel_axis)
-        if self.hbm is not None:
-            return self.hbm.ap(((n * C) + c0) * F + elem_off, nc, F, sizes, strides)
-        if self.sbuf is not None:
-            P = self.partitions
-            if c0 // P != (c0 + nc - 1) // P:
-                raise CodegenError(f"{self.name}: channel range crosses a partition tile")
-            off = ((c0 // P) * N + n) * F + elem_off
-            return self.sbuf.ap(sizes, strides, off, partitions=nc, start=c0 % P, dtype=self.dtype)
-        raise CodegenError(f"value {self.name} has no placement")
+        return self.flat_ap(((n * C) + c0) * F + elem_off, nc, F, sizes, strides)
 
     def flat_ap(self, elem_off: int, partitions: int, partition_stride: int, sizes, strides) -> isa.AP:
         """AP over the flat row-major tensor: row p (of ``partitions``) starts at element
-        ``elem_off + p * partition_stride``.  For a resident value the rows must be channel
-        planes (partition_stride == F, or a single row inside one plane)."""
+        ``elem_off + p * partition_stride``."""
         if self.hbm is not None:
             return self.hbm.ap(elem_off, partitions, partition_stride, sizes, strides)
         if self.sbuf is not None:
-            N, C, F = self.ncf()
-            nc_, f = divmod(int(elem_off), F)
-            n, c = divmod(nc_, C)
-            if partitions > 1 and partition_stride != F:
-                raise CodegenError(f"resident {self.name}: flat access with row stride {partition_stride} "
-                                   f"is not channel-row shaped (F={F})")
-            return self.chan_ap(n, c, partitions, f, sizes, strides)
+            rows = self.sbuf.partitions
+            if self.size % rows:
+                raise CodegenError(f"{self.name}: {self.size} elements do not split into {rows} rows")
+            L = self.size // rows
+            p0, off = divmod(int(elem_off), L)
+            if partitions > 1 and partition_stride != L:
+                raise CodegenError(f"resident {self.name}: access with row stride {partition_stride} "
+                                   f"does not match its layout ({rows} rows of {L})")
+            return self.sbuf.ap(sizes, strides, off, partitions=partitions, start=p0, dtype=self.dtype)
         raise CodegenError(f"value {self.name} has no placement")
