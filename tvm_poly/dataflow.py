@@ -1,10 +1,15 @@
 """Value-based dataflow and liveness of a PolyModel.
 
-* :func:`flow` — exact value-based flow dependences (isl ``UnionAccessInfo.compute_flow``),
-  computed array by array over the whole network with the original schedule: for every read
-  instance, the write instance that last wrote the value before it. Exact writes are must
-  sources, over-approximated writes may sources. Reads with no source at all (model inputs,
-  constants) are in ``Flow.no_source``.
+* :func:`flow` — exact value-based flow dependences, computed array by array (lazily) over the
+  whole network with the original schedule: for every read instance, the write instance that
+  last wrote the value before it. Exact writes are must sources, over-approximated writes may
+  sources. Reads with no source (model inputs, constants) are in ``Flow.no_source(array)``.
+  Three exact ways, all checked equal to plain ``compute_flow`` over the full schedule in the
+  tests: (1) reads by statements that run wholly after every writer: the *last-writer map*
+  ``{element -> last write}`` composed with the read; (2) a reduction update reading its own
+  accumulator: the closed form (lexicographic predecessor in the reduction box, or the init);
+  (3) anything else: isl ``UnionAccessInfo.compute_flow`` with the schedule compacted to the
+  statements involved (constant time dims dropped). ``Flow.stats`` counts each.
 * :func:`liveness` — for every tensor (or one region of it) the first write and the last read
   in the schedule, as statement instances and time points; :func:`last_use_map` gives, element
   by element, the time of the last read (the per-region liveness the planner frees SBUF with).

@@ -176,12 +176,18 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         ref = em.hbm_tensor(nm, t.shape, "fp32", "input")
         ctx.values[nm] = Value(nm, tuple(t.shape), "fp32", hbm=ref)
         ctx.inputs.append((nm, nm))
-    for g in plan.groups:
+    from .allocation import resident_deaths
+    deaths = resident_deaths(plan, ctx.root)  # group index -> resident tensors read last there
+    for gi, g in enumerate(plan.groups):
         fn = LOWERINGS.get(g.kind)
         if fn is None:
             raise CodegenError(f"{g.tag}: no NeuronCore lowering for kernel kind {g.kind!r}")
         em.tag = g.tag
         fn(ctx, g)
+        for nm in deaths.get(gi, ()):  # free resident buffers after their last reader (the
+            v = ctx.values.get(nm)  # planner reuses their range for later tensors)
+            if v is not None and v.sbuf is not None:
+                em.free(v.sbuf)
     # graph outputs that are graph inputs / constants / aliases of inputs need a copy kernel
     produced = {o for _, o in ctx.outputs}
     for o in graph.outputs:

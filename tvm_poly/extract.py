@@ -32,10 +32,20 @@ constant, and the ``transpose`` of an FC weight. Such operators stay in the mode
 statements exist), but ``queries.compulsory_traffic`` counts their outputs as the weights that
 come from HBM, not the scalar constants they read.
 
-isl budget: the model's isl context has ``max_operations`` set (default 2,000,000 per top-level
-call, reset before each). When an extraction step hits it, the access or domain involved is
-over-approximated by the whole tensor / dropped guard and a ``"isl-budget"`` diagnostic is added;
-the queries raise :class:`IslBudgetExceeded` so that the planner falls back to a whole-tensor view.
+isl budget: the model has its own ``isl.Context`` with ``max_operations`` set (default
+2,000,000, ``extract(mod, max_operations=N)``, 0 = unbounded); the counter is reset before every
+top-level isl call, so the bound is per call, not cumulative. Trivial constructions (boxes,
+schedule maps) run unbounded. When the bound hits during extraction:
+* an access relation -> the whole tensor (``exact=False``), diagnostic ``"isl-budget"``;
+* a non-box domain -> its loop-bound box (instances counted on that box), diagnostic.
+Extraction never fails because of the bound. Queries and dataflow raise
+:class:`IslBudgetExceeded` (a :class:`PolyError`, itself a ``TvmPolyError``) so that the planner
+falls back to a whole-tensor view and records why. Beware: isl reports a hit bound inside its
+parser as a *syntax error* when the bound is tiny; with the default it never hits on the nine
+light models.
+
+Speed: a PrimFunc is walked once (a template) and instantiated for every call of it; box
+domains and schedules are built with the isl API rather than parsed.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from .per_op import plan_per_op
+from .poly import plan_poly
 
-PLANNERS = {"per-op": plan_per_op}
+PLANNERS = {"per-op": plan_per_op, "poly": plan_poly}
 
 
 def get_planner(name: str):

@@ -1,0 +1,184 @@
+"""On-chip buffer allocation from lifetimes: interval colouring with first fit, spill choice.
+
+A :class:`Buffer` is one SBUF-resident tensor: the kernels (plan groups, by index) from its
+producer ``start`` to its last reader ``end`` (inclusive), ``partitions`` x ``nbytes`` per
+partition, the group indices that read it (``uses``) and what spilling it would cost
+(``save_bytes`` written to HBM by the producer, ``reload_bytes`` read back by the consumers;
+the planner takes these from exact footprints).
+
+:func:`allocate` colours the intervals in order of start (larger first on ties): a buffer gets
+the lowest byte range (counted from the top of SBUF, so kernel scratch keeps one contiguous range
+at the bottom) that no buffer with an overlapping lifetime uses and that stays under the resident
+capacity of every kernel in its lifetime (``capacity[t]`` = SBUF bytes per partition minus the
+scratch kernel ``t`` needs).  Holes left by dead buffers are reused (first fit), so
+fragmentation is bounded by the first-fit gaps; :attr:`Allocation.fragmentation` reports it at
+the peak.  When a buffer does not fit, the planner spills what costs least to bring back: among
+the new buffer and the buffers live with it, the one with the smallest
+``(save + reload bytes) / (bytes freed x (1 + distance to its next use))`` goes to HBM for its
+whole life, and the new buffer is retried.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ALIGN = 64
+
+
+def _align(n: int, a: int = ALIGN) -> int:
+    return max(a, -(-int(n) // a) * a)
+
+
+@dataclass(frozen=True)
+class Buffer:
+    name: str
+    start: int
+    end: int
+    partitions: int
+    nbytes: int  # per partition
+    uses: tuple = ()
+    save_bytes: int = 0
+    reload_bytes: int = 0
+
+    def live(self, t: int) -> bool:
+        return self.start <= t <= self.end
+
+    def overlaps(self, o: "Buffer") -> bool:
+        return self.start <= o.end and o.start <= self.end
+
+    def next_use(self, t: int) -> int:
+        for u in sorted(self.uses):
+            if u >= t:
+                return u
+        return self.end
+
+
+@dataclass
+class Allocation:
+    size: int  # SBUF bytes per partition
+    capacity: tuple  # resident bytes per partition allowed at each kernel
+    slots: dict = field(default_factory=dict)  # name -> (address from the top, aligned bytes)
+    buffers: dict = field(default_factory=dict)  # name -> Buffer
+    spilled: dict = field(default_factory=dict)  # name -> reason
+    order: list = field(default_factory=list)
+
+    def offset(self, name: str) -> int:
+        """Byte offset inside a partition (resident buffers sit at the top of SBUF)."""
+        a, n = self.slots[name]
+        return self.size - a - n
+
+    def live_at(self, t: int) -> list:
+        return sorted((b for n, b in self.buffers.items() if n in self.slots and b.live(t)),
+                      key=lambda b: self.slots[b.name][0])
+
+    def extent_at(self, t: int) -> int:
+        return max((sum(self.slots[b.name]) for b in self.live_at(t)), default=0)
+
+    def used_at(self, t: int) -> int:
+        return sum(self.slots[b.name][1] for b in self.live_at(t))
+
+    @property
+    def peak_time(self) -> int:
+        ts = range(len(self.capacity))
+        return max(ts, key=lambda t: (self.extent_at(t), -t)) if len(self.capacity) else 0
+
+    @property
+    def peak(self) -> int:
+        return self.extent_at(self.peak_time) if self.capacity else 0
+
+    @property
+    def fragmentation(self) -> float:
+        """1 - live bytes / extent at the peak (0 = perfectly packed)."""
+        t = self.peak_time
+        e = self.extent_at(t)
+        return 0.0 if e == 0 else 1.0 - self.used_at(t) / e
+
+    @property
+    def spill_save_bytes(self) -> int:
+        return sum(self.buffers[n].save_bytes for n in self.spilled if n in self.buffers)
+
+    @property
+    def spill_reload_bytes(self) -> int:
+        return sum(self.buffers[n].reload_bytes for n in self.spilled if n in self.buffers)
+
+    def check(self):
+        """No two buffers with overlapping lifetimes overlap in SBUF; all under capacity."""
+        names = list(self.slots)
+        for i, a in enumerate(names):
+            ba, (xa, na) = self.buffers[a], self.slots[a]
+            for t in range(ba.start, ba.end + 1):
+                if xa + na > self.capacity[t]:
+                    raise AssertionError(f"{a} exceeds the resident capacity at kernel {t}")
+            for b in names[i + 1:]:
+                bb, (xb, nb) = self.buffers[b], self.slots[b]
+                if ba.overlaps(bb) and xa < xb + nb and xb < xa + na:
+                    raise AssertionError(f"{a} and {b} overlap")
+
+
+def _first_fit(busy, n, limit):
+    """Lowest address a >= 0 with [a, a+n) free of the ``busy`` ranges and a + n <= limit."""
+    a = 0
+    for x, m in sorted(busy):
+        if a + n <= x:
+            break
+        a = max(a, x + m)
+    return a if a + n <= limit else None
+
+
+def spill_score(b: Buffer, t: int) -> float:
+    """Cost of spilling ``b`` at kernel ``t`` per byte freed and per kernel of distance to its
+    next use (small = cheap to spill)."""
+    dist = max(0, b.next_use(t) - t)
+    return (b.save_bytes + b.reload_bytes) / (max(1, _align(b.nbytes) * b.partitions) * (1 + dist))
+
+
+def allocate(buffers, capacity, size: int, forced_spills=None) -> Allocation:
+    """Place ``buffers`` (see module docstring).  ``capacity[t]``: resident bytes per partition
+    allowed while kernel ``t`` runs; ``size``: SBUF bytes per partition."""
+    al = Allocation(size, tuple(int(c) for c in capacity))
+    al.buffers = {b.name: b for b in buffers}
+    for n, why in (forced_spills or {}).items():
+        al.spilled[n] = why
+    todo = sorted((b for b in buffers if b.name not in al.spilled),
+                  key=lambda b: (b.start, -_align(b.nbytes), b.name))
+    for b in todo:
+        n = _align(b.nbytes)
+        while True:
+            limit = min(al.capacity[b.start:b.end + 1]) if al.capacity else 0
+            busy = [al.slots[o.name] for o in al.buffers.values()
+                    if o.name in al.slots and o.overlaps(b)]
+            a = _first_fit(busy, n, limit)
+            if a is not None:
+                al.slots[b.name] = (a, n)
+                al.order.append(b.name)
+                break
+            # does not fit: spill the cheapest of b and the buffers live with it
+            cands = [b] + [al.buffers[o] for o in al.slots if al.buffers[o].overlaps(b)]
+            if n > limit:
+                cands = [b]
+            victim = min(cands, key=lambda c: (spill_score(c, b.start), c.name != b.name))
+            if victim.name == b.name:
+                al.spilled[b.name] = (f"does not fit: {n} B per partition, resident capacity "
+                                      f"{limit} B over kernels {b.start}..{b.end}")
+                break
+            del al.slots[victim.name]
+            al.order.remove(victim.name)
+            al.spilled[victim.name] = f"evicted for {b.name} (cheaper to reload)"
+    return al
+
+
+def resident_deaths(plan, root=lambda n: n) -> dict:
+    """{group index: [resident tensor names]}: the kernel after which each SBUF-placed tensor
+    (through its aliases, ``root`` maps a name to its buffer) is dead and its range may be freed."""
+    res = {t.name for t in plan.tensors if t.placement == "sbuf"}
+    last = {}
+    for gi, g in enumerate(plan.groups):
+        if root(g.output) in res:
+            last.setdefault(root(g.output), gi)
+        for i in g.inputs:
+            r = root(i)
+            if r in res:
+                last[r] = gi
+    out = {}
+    for nm, gi in last.items():
+        out.setdefault(gi, []).append(nm)
+    return out

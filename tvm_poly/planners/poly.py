@@ -1,0 +1,266 @@
+"""The ``poly`` planner: cross-operator SBUF residency decided from the polyhedral model.
+
+Same kernels as ``per-op`` (the same epilogue fusion, :func:`plan_per_op`), so the two plans
+differ only in where tensors live: codegen and simulator are shared and the comparison is honest.
+
+1. **Model.**  The PolyModel of the graph (``tvm_poly.extract`` over the Relax form of the
+   OpGraph; or one given with :func:`attach_model`).  From it: liveness (first write / last
+   read of every tensor, :func:`tvm_poly.dataflow.liveness_table`) mapped to kernel indices,
+   exact read footprints of every consumer kernel (:func:`tvm_poly.queries.footprint`: the bytes
+   a consumer would reload from HBM if the tensor is spilled - e.g. a stride-2 1x1 conv reads a
+   quarter of its input) and the compulsory traffic floor.  When extraction or an isl query
+   fails (or hits its budget) the planner falls back to the whole-tensor view of the OpGraph
+   (same numbers for whole tensors) and records why in ``Plan.notes``.
+2. **Eligibility.**  A tensor can stay in SBUF when it is an intermediate (not a graph input or
+   output), its producer and all its consumers are kernels that read/write resident operands in
+   place (conv2d, pool, elementwise, batch_norm), and its row-split layout (see
+   ``target.codegen.values``) matches the channel mapping those kernels use.
+3. **Capacity.**  Per kernel, SBUF bytes per partition minus the scratch that kernel needs (its
+   weights loaded once: the conv kernel keeps them when they take at most a third of the free
+   range, its padded band, streamed operand tiles).
+4. **Allocation.**  :func:`tvm_poly.allocation.allocate`: interval colouring by lifetime,
+   first fit from the top of SBUF, spill choice by reload bytes and distance to the next use.
+   Spilled tensors stay in HBM for their whole life (``spill_save_bytes`` / ``spill_reload_bytes``
+   count the store and the consumers' reloads).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tvm_poly.allocation import Buffer, allocate
+from tvm_poly.graph import OpGraph
+from tvm_poly.plan import Plan, TensorPlacement
+from tvm_poly.planners.per_op import plan_per_op
+
+RESIDENT_KINDS = {"conv2d", "elementwise", "batch_norm", "pool"}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+_MODELS: dict = {}  # id(graph) -> (graph, PolyModel)
+
+
+@dataclass(frozen=True)
+class PolyPlan(Plan):
+    """A :class:`Plan` plus what the planner decided and why (for ``tvm-poly plan``)."""
+    info: tuple = field(default=(), compare=False)  # sorted (key, value) pairs, see plan_poly
+    notes: tuple = field(default=(), compare=False)
+
+    def get(self, key, default=None):
+        for k, v in self.info:
+            if k == key:
+                return v
+        return default
+
+
+def attach_model(graph: OpGraph, model):
+    """Use ``model`` (a PolyModel of ``graph``) instead of extracting one."""
+    _MODELS[id(graph)] = (graph, model)
+
+
+def _model_of(graph: OpGraph, notes: list):
+    got = _MODELS.get(id(graph))
+    if got is not None and got[0] is graph:
+        return got[1]
+    try:
+        from tvm_poly.extract import extract, legalize
+        from tvm_poly.planners.fused import _relax_of
+
+        mod, opaque = _relax_of(graph)
+        pm = extract(legalize(mod))
+        if opaque:
+            notes.append(f"nodes outside the polyhedral model: {', '.join(sorted(opaque))}")
+        _MODELS[id(graph)] = (graph, pm)
+        return pm
+    except Exception as e:  # noqa: BLE001 - any failure: whole-tensor view
+        notes.append(f"no polyhedral model ({type(e).__name__}: {e}); whole-tensor view of the OpGraph")
+        return None
+
+
+def resident_rows(shape) -> int:
+    """Partitions of the row-split layout that matches the kernels' channel mapping, or 0."""
+    s = tuple(int(x) for x in shape)
+    if len(s) < 2 or s[0] != 1:
+        return 0
+    C = s[1]
+    if C <= 128:
+        return C
+    if C % 128 == 0:
+        return 128
+    return 0
+
+
+def _sbuf_size(config) -> int:
+    return int(getattr(config, "sbuf_bytes_per_partition", 196608))
+
+
+def _scratch_need(graph, g, it, size) -> int:
+    """SBUF bytes per partition kernel ``g`` wants for itself (weights once, bands, streams)."""
+    tm = graph.tensor_map
+    if g.kind == "conv2d":
+        node = graph.node(g.ops[0])
+        N, C, H, W = tm[node.inputs[0]].shape
+        K, Cg, R, S = tm[node.inputs[1]].shape
+        groups = int(node.attr("groups", 1))
+        CT, KT = -(-C // 128), -(-K // 128)
+        Mk = min(K, 128)
+        blocks = CT * KT if groups == 1 else max(CT, KT)
+        w = blocks * R * S * Mk * it
+        pad = tuple(node.attr("padding", (0, 0, 0, 0)))
+        padb = CT * (H + 2 * max(pad or (0,))) * (W + 2 * max(pad or (0,))) * it if any(pad) else 0
+        need = 3 * w + padb + 16384
+    elif g.kind == "elementwise":
+        need = 3 * 16384 * (len(g.inputs) + 1)
+    else:
+        need = 65536
+    return int(min(need, 0.85 * size))
+
+
+def _group_statements(pm, g):
+    names = set(g.ops)
+    return [s.domain for s in pm.statements if s.op in names]
+
+
+def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -> PolyPlan:
+    t0 = time.perf_counter()
+    if config is None or not hasattr(config, "sbuf_partitions"):
+        from target.config import load_config
+        config = load_config(config or "inf2")
+    notes: list = []
+    base = plan_per_op(graph, config, dtype)
+    groups = list(base.groups)
+    tm = graph.tensor_map
+    it = DTYPE_BYTES.get(dtype, 4)
+    size = _sbuf_size(config)
+    alias = {t.name: t.alias_of for t in base.tensors if t.placement == "alias"}
+
+    def root(n):
+        seen = set()
+        while n in alias and n not in seen:
+            seen.add(n)
+            n = alias[n]
+        return n
+
+    members: dict = {}
+    for t in graph.tensors:
+        members.setdefault(root(t.name), []).append(t.name)
+    producer, readers = {}, {}
+    for gi, g in enumerate(groups):
+        producer[root(g.output)] = gi
+        for i in g.inputs:
+            readers.setdefault(root(i), []).append(gi)
+    outputs = set(graph.outputs)
+
+    pm = model if model is not None else _model_of(graph, notes)
+    live_ops = {}
+    if pm is not None:
+        try:
+            from tvm_poly.dataflow import liveness_table
+            op_group = {op: gi for gi, g in enumerate(groups) for op in g.ops}
+            for name, lv in liveness_table(pm).items():
+                if lv.first_write is not None and lv.last_read is not None and \
+                        lv.first_write.op in op_group and lv.last_read.op in op_group:
+                    live_ops[name] = (op_group[lv.first_write.op], op_group[lv.last_read.op])
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"liveness from the model failed ({type(e).__name__}: {e}); graph order used")
+
+    # ---- candidates
+    buffers, why_not = [], {}
+    for r, gi in producer.items():
+        info = tm[r]
+        ms = members.get(r, [r])
+        uses = sorted(set(readers.get(r, [])))
+        if any(m in outputs for m in ms) or info.kind in ("input", "weight") or not uses:
+            continue
+        kinds = {groups[gi].kind} | {groups[u].kind for u in uses}
+        if not kinds <= RESIDENT_KINDS:
+            why_not[r] = f"kernel kinds {sorted(kinds - RESIDENT_KINDS)} read/write HBM only"
+            continue
+        rows = {resident_rows(tm[m].shape) for m in ms}
+        if len(rows) != 1 or 0 in rows:
+            why_not[r] = f"layout of shape {tuple(info.shape)} does not match the kernels' channel mapping"
+            continue
+        bad = False
+        for u in uses + [gi]:
+            g = groups[u]
+            if g.kind == "batch_norm" and int(tm[r].shape[1]) > 128:
+                bad = True
+            if g.kind == "elementwise":
+                oshape = tuple(tm[g.output].shape)
+                for i in g.inputs:
+                    s = tuple(tm[i].shape)
+                    if s != oshape and not (int(np.prod(s)) == 1 and tm[i].is_constant):
+                        bad = True
+        if bad:
+            why_not[r] = "a consumer broadcasts it or reads it by channel tiles"
+            continue
+        (rows,) = rows
+        elems = int(np.prod(info.shape))
+        nbytes = -(-elems // rows) * it
+        start, end = gi, max(uses)
+        if r in live_ops:
+            ls, le = live_ops[r]
+            if (ls, le) != (start, end):
+                notes.append(f"{r}: model liveness {ls}..{le} vs graph {start}..{end}; model used")
+                start, end = min(ls, start), max(le, end)
+        # spill cost: producer stores it once, every consumer reloads its exact read footprint
+        reload = 0
+        for u in uses:
+            fp = None
+            if pm is not None and r in getattr(pm, "arrays", {}):
+                try:
+                    from tvm_poly.queries import footprint
+                    doms = _group_statements(pm, groups[u])
+                    if doms:
+                        fp = footprint(pm, doms, r, "read", elem_bytes=it).bytes
+                except Exception:  # noqa: BLE001
+                    fp = None
+            reload += fp if fp is not None else elems * it
+        buffers.append(Buffer(r, start, end, rows, nbytes, tuple(uses), elems * it, reload))
+
+    capacity = [max(0, size - _scratch_need(graph, g, it, size)) for g in groups]
+    alloc = allocate(buffers, capacity, size)
+    alloc.check()
+
+    placements = [t for t in base.tensors if t.placement == "alias"]
+    resident = set()
+    for b in buffers:
+        if b.name in alloc.slots:
+            resident.add(b.name)
+            placements.append(TensorPlacement(b.name, "sbuf", start_partition=0, num_partitions=b.partitions,
+                                              offset=alloc.offset(b.name), nbytes=alloc.slots[b.name][1]))
+    aliased = {p.name for p in placements}
+    for t in graph.tensors:
+        if t.name not in aliased and not t.is_constant:
+            placements.append(TensorPlacement(t.name, "hbm"))
+
+    floor = None
+    if pm is not None:
+        try:
+            from tvm_poly.queries import compulsory_traffic
+            floor = compulsory_traffic(pm, dtype).total
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"compulsory traffic from the model failed: {e}")
+    if floor is None:
+        floor = sum(int(np.prod(t.shape)) * it for t in graph.tensors
+                    if t.kind in ("input", "weight", "output") or t.name in outputs)
+    inter = [t for t in graph.tensors if t.kind not in ("input", "weight") and t.name not in outputs]
+    info = {
+        "resident": tuple(sorted(resident)),
+        "spilled": tuple(sorted(alloc.spilled.items())),
+        "not_resident": tuple(sorted(why_not.items())),
+        "spill_save_bytes": alloc.spill_save_bytes,
+        "spill_reload_bytes": alloc.spill_reload_bytes,
+        "sbuf_peak_bytes": alloc.peak,
+        "sbuf_peak_kernel": alloc.peak_time,
+        "fragmentation": round(alloc.fragmentation, 4),
+        "compulsory_bytes": int(floor),
+        "resident_bytes": sum(b.save_bytes for b in buffers if b.name in resident),
+        "intermediate_bytes": sum(int(np.prod(t.shape)) * it for t in inter if root(t.name) == t.name),
+        "polyhedral_model": pm is not None,
+        "planner_seconds": round(time.perf_counter() - t0, 3),
+    }
+    plan = PolyPlan("poly", dtype, tuple(placements), tuple(groups),
+                    info=tuple(sorted(info.items())), notes=tuple(notes))
+    object.__setattr__(plan, "_allocation", alloc)
+    return plan
