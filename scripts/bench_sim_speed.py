@@ -4,6 +4,7 @@
     python scripts/bench_sim_speed.py --tiles 3000 --taps 9
     python scripts/bench_sim_speed.py PROGRAM.txt     # any program text file (e.g. a whole model)
     python scripts/bench_sim_speed.py --no-check      # without read-before-write / race checks
+    python scripts/bench_sim_speed.py --resnet50      # whole ResNet-50 through tvm_poly's per-op codegen
 
 The synthetic program is a software-pipelined stream of conv tiles, shaped like a ResNet-50
 layer sequence: per tile one input load (4 load queues, 4-slot SBUF ring), ``taps`` accumulating
@@ -93,16 +94,32 @@ def main(argv=None):
     ap.add_argument("--config", default="inf2")
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--resnet50", action="store_true", help="compile ResNet-50 (light ONNX model) and run it")
+    ap.add_argument("--dtype", default="float32", help="compute dtype for --resnet50 (float32|bfloat16)")
     a = ap.parse_args(argv)
     from target.simulator import simulate
     t0 = time.perf_counter()
-    if a.program:
+    tens = None
+    if a.resnet50:
+        from tvm.relax.frontend.onnx import from_onnx
+        from tvm_poly.driver import compile_graph
+        from tvm_poly.graph import graph_from_relax
+        from tvm_poly.models import light_model, random_inputs as model_inputs
+        model = light_model("resnet50", seed=0, logits=True)
+        cp = compile_graph(graph_from_relax(from_onnx(model)), a.config, dtype=a.dtype)
+        prog = cp.program
+        vals = model_inputs(model, seed=0)
+        tens = dict(cp.constants)
+        for hbm, gname in cp.inputs + cp.runtime_weights:
+            tens[hbm] = np.asarray(vals[gname]).astype(NP_DTYPES[prog.tensor(hbm).dtype])
+    elif a.program:
         from target.program_text import parse_program
         prog = parse_program(open(a.program).read())
     else:
         prog = synthetic(a.tiles, a.taps, N=a.n)
     t1 = time.perf_counter()
-    tens = random_inputs(prog)
+    if tens is None:
+        tens = random_inputs(prog)
     if a.profile:
         import cProfile
         import pstats

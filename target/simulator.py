@@ -382,8 +382,10 @@ class Simulator:
             arr = np.asarray(tensors[t.name])
             if tuple(arr.shape) != tuple(t.shape):
                 raise BindingError(f"{t.kind} tensor {t.name!r} expects shape {tuple(t.shape)}, got {tuple(arr.shape)}")
-            arr = np.ascontiguousarray(arr.astype(NP_DTYPES[t.dtype]))
-            self.hbm.data[0, t.offset:t.offset + t.nbytes] = arr.reshape(-1).view(np.uint8)
+            want = NP_DTYPES[t.dtype]
+            if arr.dtype != want:
+                arr = arr.astype(want)
+            self.hbm.data[0, t.offset:t.offset + t.nbytes] = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
             self.hbm.written[0, t.offset:t.offset + t.nbytes] = 1
 
     # ------------------------------------------------------------------ execution
