@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from .per_op import plan_per_op
 from .poly import plan_poly
+from .fused import plan_fused  # TVM FuseOps groups (tvm imported lazily)
 
-PLANNERS = {"per-op": plan_per_op, "poly": plan_poly}
+PLANNERS = {"per-op": plan_per_op, "poly": plan_poly, "fused": plan_fused}
 
 
 def get_planner(name: str):
