@@ -279,6 +279,44 @@ def _compute(em, tiles, kinds, op, post, sizes, nr):
     return acc
 
 
+def _channel_affine_resident(em, x, out, scale, bias, func, cdt):
+    """channel_affine over the row-split layout (N = 1): ``rows`` partitions of ``planes``
+    channel planes each (channel p*planes + j on partition p, plane j); the per-channel scale and
+    shift load as [rows, planes] columns (one DMA each, partition stride ``planes``)."""
+    N, C, F = x.ncf()
+    v0 = x if x.sbuf is not None else out
+    rows = v0.sbuf.partitions
+    if N != 1 or C % rows or (x.sbuf is not None and out.sbuf is not None and x.sbuf.partitions != out.sbuf.partitions):
+        raise CodegenError(f"resident batch_norm {x.name}: layout does not split by channels")
+    planes = C // rows
+    L = planes * F
+    it = isa.DTYPES[cdt]
+    cols = em.sbuf_tile(rows, 2 * 4 * planes, "fp32", "bn_cols")
+    em.dma(cols.ap((planes,), partitions=rows), scale.flat_ap(0, rows, planes, (planes,), (1,)))
+    em.dma(cols.ap((planes,), elem_offset=planes, partitions=rows), bias.flat_ap(0, rows, planes, (planes,), (1,)))
+    chunk = max(1, min(F, CHUNK_BYTES // it))
+    pin = None if x.sbuf is not None else em.pool("sbuf", rows, chunk * it, cdt, BUFS, "bnr_x")
+    pout = None if out.sbuf is not None else em.pool("sbuf", rows, chunk * it, cdt, BUFS, "bnr_o")
+    for j in range(planes):
+        sc = cols.ap((1,), elem_offset=j, partitions=rows)
+        bi = cols.ap((1,), elem_offset=planes + j, partitions=rows)
+        for f0 in range(0, F, chunk if (pin or pout) else F):
+            nf = min(chunk if (pin or pout) else F, F - f0)
+            src = x.flat_ap(j * F + f0, rows, L, (nf,), (1,))
+            if pin is not None:
+                t = pin.next().ap((nf,))
+                em.dma_split(t, src)
+                src = t
+            dst = out.flat_ap(j * F + f0, rows, L, (nf,), (1,)) if pout is None else pout.next().ap((nf,))
+            em.act(dst, src, func=func, scale=sc, bias=bi)
+            if pout is not None:
+                em.dma_split(out.flat_ap(j * F + f0, rows, L, (nf,), (1,)), dst)
+    for p in (pin, pout):
+        if p is not None:
+            p.release()
+    em.free(cols)
+
+
 def channel_affine(em: Emitter, x: Value, out: Value, scale: Value, bias: Value, func="identity",
                    cdt: str = None):
     """out[n, c, ...] = func(x[n, c, ...] * scale[c] + bias[c]) (one Scalar-engine Activation per
@@ -286,6 +324,8 @@ def channel_affine(em: Emitter, x: Value, out: Value, scale: Value, bias: Value,
     cdt = cdt or out.dtype
     N, C, F = x.ncf()
     P = em.partitions
+    if x.sbuf is not None or out.sbuf is not None:
+        return _channel_affine_resident(em, x, out, scale, bias, func, cdt)
     it = isa.DTYPES[cdt]
     chunk = max(1, min(F, CHUNK_BYTES // it))
     cols = em.sbuf_tile(P, 2 * 4 * (-(-C // P)), "fp32", "bn_cols")

@@ -49,6 +49,8 @@ def concat(em: Emitter, out: Value, inputs: list[Value], axis: int):
     outer = prod(out.shape[:axis])
     inner = prod(out.shape[axis + 1:])
     total = out.shape[axis]
+    if outer == 1 and (out.sbuf is not None or any(v.sbuf is not None for v in inputs)):
+        return concat_flat(em, out, inputs)
     c0 = 0
     for v in inputs:
         if len(v.shape) != rank:
@@ -85,6 +87,57 @@ def concat(em: Emitter, out: Value, inputs: list[Value], axis: int):
         c0 += ci
     if c0 != total:
         raise CodegenError(f"concat inputs give {c0} along axis {axis}, output has {total}")
+
+
+def _flat_range_ap(v: Value, off: int, n: int):
+    """One AP over the flat elements [off, off+n) of ``v`` (HBM: one row; SBUF row-split layout:
+    whole rows, or a piece of one row), or None when the range needs several."""
+    if v.sbuf is None:
+        return v.flat_ap(off, 1, 0, (n,), (1,))
+    rows = v.sbuf.partitions
+    L = prod(v.shape) // rows
+    if off % L == 0 and n % L == 0:
+        return v.flat_ap(off, n // L, L, (L,), (1,))
+    if off // L == (off + n - 1) // L:
+        return v.flat_ap(off, 1, L, (n,), (1,))
+    return None
+
+
+def _row_cuts(v: Value, off: int, n: int):
+    """Cut [off, off+n) at the row boundaries of ``v``'s resident layout: head, whole rows, tail."""
+    if v.sbuf is None:
+        return [(off, n)]
+    L = prod(v.shape) // v.sbuf.partitions
+    a, b = off, off + n
+    h = min(b, -(-a // L) * L)
+    t = max(h, (b // L) * L)
+    return [(x, y - x) for x, y in ((a, h), (h, t), (t, b)) if y > x]
+
+
+def concat_flat(em: Emitter, out: Value, inputs: list):
+    """Concat when everything before the axis has size 1 (N = 1 along channels): input i is
+    the flat range [off_i, off_i + size_i) of the output, so each input is one DMA (elements move
+    in order; the DMA reshapes between the two row-split layouts), cut at row boundaries only
+    when a range starts or ends inside a resident row."""
+    off = 0
+    for v in inputs:
+        n = prod(v.shape)
+        pieces = [(off, 0, n)]  # (output offset, input offset, count)
+        for side in (out, v):
+            nxt = []
+            for o, i, c in pieces:
+                base = o if side is out else i
+                for s, k in _row_cuts(side, base, c):
+                    nxt.append((o + s - base, i + s - base, k))
+            pieces = nxt
+        for o, i, c in pieces:
+            d, s = _flat_range_ap(out, o, c), _flat_range_ap(v, i, c)
+            if d is None or s is None:
+                raise CodegenError(f"concat {out.name}: range [{o}, {o + c}) does not map to one AP")
+            em.dma(d, s)
+        off += n
+    if off != prod(out.shape):
+        raise CodegenError(f"concat inputs give {off} elements, output has {prod(out.shape)}")
 
 
 def _split_tiles(ranges, P):

@@ -13,7 +13,7 @@ differ only in where tensors live: codegen and simulator are shared and the comp
    (same numbers for whole tensors) and records why in ``Plan.notes``.
 2. **Eligibility.**  A tensor can stay in SBUF when it is an intermediate (not a graph input or
    output), its producer and all its consumers are kernels that read/write resident operands in
-   place (conv2d, pool, elementwise, batch_norm), and its row-split layout (see
+   place (conv2d, pool, elementwise, batch_norm, concat with nothing before its axis), and its row-split layout (see
    ``target.codegen.values``) matches the channel mapping those kernels use.
 3. **Capacity.**  Per kernel, SBUF bytes per partition minus the scratch that kernel needs (its
    weights loaded once: the conv kernel keeps them when they take at most a third of the free
@@ -35,7 +35,7 @@ from tvm_poly.graph import OpGraph
 from tvm_poly.plan import Plan, TensorPlacement
 from tvm_poly.planners.per_op import plan_per_op
 
-RESIDENT_KINDS = {"conv2d", "elementwise", "batch_norm", "pool"}
+RESIDENT_KINDS = {"conv2d", "elementwise", "batch_norm", "pool", "concat"}
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 _MODELS: dict = {}  # id(graph) -> (graph, PolyModel)
 
@@ -116,6 +116,11 @@ def _scratch_need(graph, g, it, size) -> int:
     return int(min(need, 0.85 * size))
 
 
+def _axis(g, tm):
+    a = int(g.param("axis", 0))
+    return a + len(tm[g.output].shape) if a < 0 else a
+
+
 def _group_statements(pm, g):
     names = set(g.ops)
     return [s.domain for s in pm.statements if s.op in names]
@@ -183,7 +188,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         bad = False
         for u in uses + [gi]:
             g = groups[u]
-            if g.kind == "batch_norm" and int(tm[r].shape[1]) > 128:
+            if g.kind == "concat" and int(np.prod(tm[g.output].shape[:_axis(g, tm)])) != 1:
                 bad = True
             if g.kind == "elementwise":
                 oshape = tuple(tm[g.output].shape)
