@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import islpy as isl
 
 from tvm_poly.counting import map_list, set_list
-from tvm_poly.polymodel import PolyError, PolyModel, schedule_map
+from tvm_poly.polymodel import PolyModel, schedule_map
 
 
 def _guard(model: PolyModel, what: str, fn):

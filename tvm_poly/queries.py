@@ -25,7 +25,7 @@ import islpy as isl
 
 from tvm_poly.counting import card, set_list
 from tvm_poly.dataflow import Live, liveness
-from tvm_poly.polymodel import IslBudgetExceeded, PolyError, PolyModel, dtype_bytes
+from tvm_poly.polymodel import IslBudgetExceeded, PolyError, PolyModel, dtype_bytes  # noqa: F401
 
 Iterations = Union[isl.Set, isl.BasicSet, isl.UnionSet, str, Iterable]
 
@@ -112,11 +112,6 @@ def _elements(model: PolyModel, its: isl.UnionSet, access: str, tensor: str) -> 
     if e is None:
         return isl.Set.empty(model.array(tensor).box.get_space())
     return e.coalesce()
-
-
-def _in_space(model: PolyModel, u: isl.UnionSet, tensor: str) -> isl.Set:
-    arr = model.array(tensor)
-    return u.extract_set(arr.box.get_space())
 
 
 def _fp(model: PolyModel, tensor: str, elems: isl.Set, elem_bytes: int | None) -> Footprint:
