@@ -31,31 +31,25 @@ def _from_onnx(model, shape=None, dtype="float32", opset=None, freeze_params=Tru
     With ``freeze_params=True`` (default) weights are constants and ``params`` is empty;
     with ``False`` they are trailing parameters of ``main`` and ``params`` maps their
     names to ``tvm.runtime.Tensor`` (bind them again with ``relay.build(..., params=)``)."""
-    import tvm
     from tvm import relax
 
     from .frontend import load_onnx, read_onnx
     from .models import input_specs, output_names
 
     model = read_onnx(model)
-    if isinstance(dtype, str) and dtype != "float32":
-        pass  # inputs keep the model's declared dtype, as the ONNX importer does
+    # ``dtype``: accepted for compatibility; inputs keep the dtypes the ONNX model declares
     mod = load_onnx(model, shape=shape, keep_params_in_input=not freeze_params)
     params = {}
-    func = mod["main"]
     if not freeze_params:
         mod, detached = relax.frontend.detach_params(mod)
         func = mod["main"]
         n_in = int(func.attrs["num_input"])
-        values = detached.get("main", [])
-        for p, v in zip(list(func.params)[n_in:], values):
+        for p, v in zip(list(func.params)[n_in:], detached.get("main", [])):
             params[p.name] = v
-        func = mod["main"]
+    func = mod["main"]
     names = [n for n, _s, _d in input_specs(model)]
-    func = func.with_attr(_NAMES_ATTR, names).with_attr(_OUT_ATTR, output_names(model))
-    mod = tvm.IRModule({"main": func}, attrs=mod.attrs) if len(mod.functions) == 1 else mod
-    if len(mod.functions) != 1:
-        mod["main"] = func
+    mod = mod.clone()
+    mod["main"] = func.with_attr(_NAMES_ATTR, names).with_attr(_OUT_ATTR, output_names(model))
     return mod, params
 
 
