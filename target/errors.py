@@ -70,6 +70,12 @@ class UninitializedReadError(ProgramError):
     rule = "read-before-write"
 
 
+class AccumulationGroupError(ProgramError):
+    """PSUM accumulation-group misuse: accumulating (start=False) outside an open group, starting a
+    group over another open one, or another instruction touching an open group's bytes."""
+    rule = "accumulation-group"
+
+
 class RaceError(ProgramError):
     rule = "data-race"
 

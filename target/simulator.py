@@ -25,7 +25,7 @@ import numpy as np
 
 from . import cost as _cost
 from .config import HardwareConfig, load_config
-from .errors import (AddressError, BindingError, DeadlockError, DtypeError, MatmulLimitError,
+from .errors import (AccumulationGroupError, AddressError, BindingError, DeadlockError, DtypeError, MatmulLimitError,
                      MemoryKindError, PartitionStartError, ProgramError, PsumBankError, ShapeError,
                      UninitializedReadError, WrongEngineError, SemaphoreError)
 from .isa import (ACT_FUNCS, ALLOWED, ALU_OPS, AP, ENGINES, Activation, DmaCopy, Iota, MatMul, Mem,
@@ -146,6 +146,7 @@ class Simulator:
         self.tps = {}  # ticks per cycle per stream
         self.decoded: list[list[_Dec]] = []
         self.stream_names = [n for n, _ in program.streams]
+        self.open_groups: list = []  # (p0, p1, lo, hi, where) of open PSUM accumulation groups
         self._decode()
 
     # ------------------------------------------------------------------ static checks
@@ -401,6 +402,42 @@ class Simulator:
             return self._read(x).reshape(x.num_partitions, 1)
         return F32(x)
 
+    def _groups(self, d: _Dec):
+        """Accumulation-group discipline (check=True).  A MatMul with start=True opens a group on its
+        dst (closed again by stop=True); start=False must land inside an open group; a new group
+        may not overlap an open one; no other instruction may touch an open group's bytes."""
+        from .memory import ap_extent
+        ins = d.ins
+        og = self.open_groups
+        if type(ins) is MatMul:
+            dst = ins.dst
+            lo, hi = ap_extent(dst)
+            p0, p1 = dst.start_partition, dst.start_partition + dst.num_partitions
+            hit = [g for g in og if g[0] < p1 and p0 < g[1] and g[2] < hi and lo < g[3]]
+            if ins.start:
+                if hit:
+                    self._err(AccumulationGroupError, d, f"starts an accumulation group over the open group "
+                                                         f"started by {hit[0][4]} (no stop=True in between)")
+                if not ins.stop:
+                    og.append((p0, p1, lo, hi, d.where))
+            else:
+                inside = [g for g in hit if g[0] <= p0 and p1 <= g[1] and g[2] <= lo and hi <= g[3]]
+                if not inside:
+                    self._err(AccumulationGroupError, d, "accumulates (start=False) into PSUM bytes outside any open "
+                                                         "accumulation group (no start=True before it)")
+                if ins.stop:
+                    og.remove(inside[0])
+            return
+        for ap in d.reads + d.writes:
+            if ap.mem != Mem.PSUM:
+                continue
+            lo, hi = ap_extent(ap)
+            p0, p1 = ap.start_partition, ap.start_partition + ap.num_partitions
+            for g in og:
+                if g[0] < p1 and p0 < g[1] and g[2] < hi and lo < g[3]:
+                    self._err(AccumulationGroupError, d, f"{_role(ins, ap)} touches PSUM bytes of the accumulation "
+                                                         f"group opened by {g[4]}, which has not been closed (stop=True)")
+
     def _exec(self, d: _Dec):
         ins = d.ins
         t = type(ins)
@@ -409,6 +446,8 @@ class Simulator:
                 if not self.mems[ap.mem].all_written(ap):
                     role = _role(ins, ap)
                     self._err(UninitializedReadError, d, f"{role} reads {ap.mem.value} bytes never written")
+            if t is MatMul or self.open_groups:
+                self._groups(d)
         if t is MatMul:
             k = ins.stationary.num_partitions
             st = self._read(ins.stationary).reshape(k, -1)

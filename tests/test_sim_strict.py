@@ -274,3 +274,22 @@ def test_big_synthetic_pipeline_is_race_free():
     res = simulate(prog, CFG, mod.random_inputs(prog))
     assert res.report.num_instructions == prog.num_instructions == 96 * 6 + 12
     assert res.report.macs == 96 * 3 * 128 * 128 * 128
+
+
+def test_accumulation_group_discipline():
+    from target.errors import AccumulationGroupError
+    P = psum_ap(0, 128, 0, (512,))
+    mm = lambda start, stop, **kw: MatMul(P, sbuf_ap(0, 128, 0, (128,)), sbuf_ap(0, 128, 0, (512,)), start=start,
+                                          stop=stop, **kw)
+    ev = Activation(sbuf_ap(0, 128, 8192, (512,)), P, waits=(Wait("mm", 1),))
+    first = lambda start=True, stop=False: mm(start, stop, waits=(Wait("ld", 1),))
+    # legal: start ... stop, then evacuate
+    run([("dma0", (load(),)), ("tensor", (first(), mm(False, True, signals=("mm",)))), ("scalar", (ev,))])
+    # evacuating an open group (the stop was forgotten)
+    e = refuse(AccumulationGroupError, [("dma0", (load(),)), ("tensor", (first(), mm(False, False, signals=("mm",)))),
+                                        ("scalar", (ev,))], "scalar[0]")
+    assert "tensor[0]" in str(e)
+    # accumulating with no open group
+    refuse(AccumulationGroupError, [("dma0", (load(),)), ("tensor", (first(True, True), mm(False, True)))], "tensor[1]")
+    # a new group over an open one
+    refuse(AccumulationGroupError, [("dma0", (load(),)), ("tensor", (first(), mm(True, True)))], "tensor[1]")
