@@ -851,7 +851,8 @@ class _Extractor:
             self.diags.append(Diagnostic("opaque-op", op, None, f"{opname}: {e}"))
         self._opaque_stmt(op, op_index, opname, ins, outs,
                           f"opaque call {opname}: reads its inputs and writes its outputs wholly")
-        self.ops.append(PolyOp(op, op_index, "", tuple(ins), tuple(outs), (f"{op}.opaque",)))
+        self.ops.append(PolyOp(op, op_index, f"opaque {opname}", tuple(ins), tuple(outs),
+                               (f"{op}.opaque",)))
 
     def _opaque_stmt(self, op, op_index, func, ins, outs, why):
         name = f"{op}.opaque"

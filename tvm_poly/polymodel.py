@@ -359,7 +359,8 @@ class PolyModel:
         lines.append("")
         for o in self.ops:
             folded = "  [const-folded: outputs are weights]" if o.const_folded else ""
-            lines.append(f"op #{o.index} {', '.join(o.outputs)} = {o.func or 'opaque'}"
+            outs = ", ".join(o.outputs) or o.name
+            lines.append(f"op #{o.index} {outs} = {o.func or 'opaque'}"
                          f"({', '.join(o.inputs)}){folded}")
             for sn in o.statements:
                 s = self.statement(sn)
