@@ -27,6 +27,9 @@ from .emitter import AllocationError, CodegenError, Emitter
 from .values import Value
 
 
+PIPE_MIN_BYTES = 512 * 1024  # input loads at least this big are pipelined in row bands
+
+
 class ChanMap:
     """Channel <-> (tile j, partition p) mapping."""
 
@@ -208,6 +211,21 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         while bo > 1 and 2 * band_bytes(bo) > free * 0.9:
             bo = -(-bo // 2)
         nbands = -(-OH // bo)
+    # pipelining: a big input load is cut into ~4 bands (double-buffered) so the Tensor engine
+    # starts on the first band while the rest streams in, and stores overlap compute
+    rows_in = len(taps) * Wu if packed else C * W
+    load_bytes = rows_in * in_rows(OH) * it
+    f32 = getattr(em.config, "matmul_fp32_factor", 4) if cdt == "fp32" else 1
+    n_mm = sum(len(b) for b in blocks_by_jk.values()) * -(-(OH * OW) // em.max_moving_free)
+    t_pe = n_mm * max(64, min(em.max_moving_free, OH * OW)) * f32 / (getattr(em.config, "tensor_ghz", 2.8) * 1e9)
+    t_load = load_bytes / (len(em.dma_streams) * getattr(em.config, "dma_queue_bandwidth_gbps", 17.0) * 1e9)
+    if not res_in and N * nbands == 1 and load_bytes >= PIPE_MIN_BYTES and OH >= 8 and t_pe >= t_load:
+        rpb = max(1, em.max_moving_free // OW) if OW <= em.max_moving_free else 1
+        bo2 = -(-OH // min(4, OH // 2))
+        bo2 = min(OH, -(-bo2 // rpb) * rpb)
+        if bo2 < bo and 2 * band_bytes(bo2) <= free * 0.9:
+            bo = bo2
+            nbands = -(-OH // bo)
     if band_bytes(bo) > free:
         raise AllocationError(f"conv2d {x.shape}->{out.shape}: one output row needs "
                               f"{band_bytes(1)} B per partition, {free} B free")
