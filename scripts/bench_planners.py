@@ -1,0 +1,95 @@
+"""per-op vs poly planner: HBM bytes, compulsory floor, cycles, DMA stalls, spills, planner time.
+
+For each model (ONNX light models, seeded random weights, logits), batch, target config and
+dtype: compile with both planners (same kernels, codegen and simulator), simulate, check the
+outputs against onnxruntime, and write one Markdown row.  The table goes to
+``results/bench_planners.md`` (``--out``) and is printed.
+
+    .venv/bin/python scripts/bench_planners.py --models resnet50 squeezenet --batches 1 8 \
+        --configs inf2 inf1 --dtypes float32 bfloat16
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+MODELS = ["resnet50", "squeezenet", "inception_v1", "inception_v2", "densenet121", "shufflenet",
+          "bvlc_alexnet", "zfnet512", "vgg19"]
+HEADER = ("| model | batch | target | dtype | per-op HBM MB | poly HBM MB | floor MB | per-op/floor | "
+          "poly/floor | per-op/poly | per-op us | poly us | poly stall cyc | spill save/reload MB | "
+          "plan s | err per-op / poly |")
+
+
+def _mb(b):
+    return f"{b / 1e6:.1f}"
+
+
+def run_one(name, batch, cfg, dtype):
+    import numpy as np
+    from tvm_poly.driver import compile_graph
+    from tvm_poly.frontend import load_onnx
+    from tvm_poly.graph import graph_from_relax
+    from tvm_poly.models import light_model, random_inputs, reference_outputs, rel_err, input_specs
+
+    model = light_model(name, seed=0, logits=True)
+    shapes = {n: (batch,) + tuple(s[1:]) for n, s, _ in input_specs(model)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mod = load_onnx(model, batch=batch) if batch != 1 else load_onnx(model)
+    g = graph_from_relax(mod)
+    inputs = random_inputs(model, seed=0, shapes=shapes)
+    ref = list(reference_outputs(model, inputs).values())[0]
+    res = {}
+    for planner in ("per-op", "poly"):
+        t0 = time.perf_counter()
+        cp = compile_graph(g, cfg, planner=planner, dtype=dtype)
+        tc = time.perf_counter() - t0
+        outs, rep = cp.run(inputs, check=False)
+        err = rel_err(outs[g.outputs[0]], ref)
+        res[planner] = dict(hbm=rep.hbm_read_bytes + rep.hbm_write_bytes, us=rep.latency_us,
+                            stall=rep.dma_stall_cycles, err=err, compile=tc, plan=cp.plan, rep=rep)
+    p = res["poly"]["plan"]
+    floor = p.get("compulsory_bytes")
+    a, b = res["per-op"], res["poly"]
+    row = (f"| {name} | {batch} | {cfg} | {dtype} | {_mb(a['hbm'])} | {_mb(b['hbm'])} | {_mb(floor)} | "
+           f"{a['hbm'] / floor:.2f} | {b['hbm'] / floor:.2f} | {a['hbm'] / b['hbm']:.2f} | {a['us']:.0f} | "
+           f"{b['us']:.0f} | {b['stall']} | {_mb(p.get('spill_save_bytes'))}/{_mb(p.get('spill_reload_bytes'))} | "
+           f"{p.get('planner_seconds'):.1f} | {a['err']:.1e} / {b['err']:.1e} |")
+    return row, res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", nargs="*", default=MODELS)
+    ap.add_argument("--batches", nargs="*", type=int, default=[1, 8])
+    ap.add_argument("--configs", nargs="*", default=["inf2", "inf1"])
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+    ap.add_argument("--out", default="results/bench_planners.md")
+    a = ap.parse_args(argv)
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+    new = not os.path.exists(a.out)
+    with open(a.out, "a") as f:
+        if new:
+            f.write(HEADER + "\n")
+            f.write("|" + "---|" * (HEADER.count("|") - 1) + "\n")
+        print(HEADER, flush=True)
+        for m in a.models:
+            for bt in a.batches:
+                for cfg in a.configs:
+                    for dt in a.dtypes:
+                        try:
+                            row, _ = run_one(m, bt, cfg, dt)
+                        except Exception as e:  # noqa: BLE001 - report and go on
+                            msg = " ".join(str(e).split())[:120]
+                            row = f"| {m} | {bt} | {cfg} | {dt} | failed: {type(e).__name__}: {msg} |"
+                        print(row, flush=True)
+                        f.write(row + "\n")
+                        f.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

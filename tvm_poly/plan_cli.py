@@ -1,0 +1,141 @@
+"""``tvm-poly plan MODEL.onnx [--target polyinf[/inf1]] [--batch N] [--dtype ..] [--planner poly]``
+
+Prints the memory plan: per operator group (kernel) what it reads (resident in SBUF or loaded
+from HBM, with bytes), what it writes (resident, or stored to HBM), which tensors were spilled and
+why, and the SBUF map at the peak with the buffers live there.  Tensors that could not be kept
+on chip are named with the reason (capacity: the buffers live at that point).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def _config_of(target: str) -> str:
+    t = target.strip()
+    if t.startswith("polyinf"):
+        rest = t[len("polyinf"):].lstrip("/")
+        return rest or "inf2"
+    return t
+
+
+def _fmt_b(n: int) -> str:
+    n = int(n)
+    if n >= 1 << 20:
+        return f"{n / (1 << 20):.2f} MiB"
+    if n >= 1 << 10:
+        return f"{n / (1 << 10):.1f} KiB"
+    return f"{n} B"
+
+
+def format_plan(graph, plan, it: int) -> str:
+    tm = graph.tensor_map
+    alias = {t.name: t.alias_of for t in plan.tensors if t.placement == "alias"}
+
+    def root(n):
+        seen = set()
+        while n in alias and n not in seen:
+            seen.add(n)
+            n = alias[n]
+        return n
+
+    place = {t.name: t for t in plan.tensors}
+
+    def where(n):
+        r = root(n)
+        p = place.get(r)
+        t = tm[r]
+        nb = int(np.prod(t.shape)) * (4 if t.kind in ("input", "output") or r in graph.outputs else it)
+        if t.is_constant or t.kind == "weight":
+            return "weight", nb
+        return ("sbuf" if p is not None and p.placement == "sbuf" else "hbm"), nb
+
+    info = dict(getattr(plan, "info", ()) or ())
+    lines = [f"plan by {plan.planner} ({plan.dtype}): {len(plan.groups)} kernels"]
+    tot = {"loaded": 0, "stored": 0, "resident": 0}
+    for gi, g in enumerate(plan.groups):
+        res_in, loads, w = [], [], 0
+        for i in g.inputs:
+            k, nb = where(i)
+            if k == "sbuf":
+                res_in.append(i)
+            elif k == "weight":
+                w += nb
+            else:
+                loads.append(f"{i} {_fmt_b(nb)}")
+                tot["loaded"] += nb
+        for key in ("bn", "bias"):
+            v = g.param(key)
+            for c in (v if isinstance(v, tuple) else (v,) if v else ()):
+                if c in tm:
+                    w += int(np.prod(tm[c].shape)) * 4
+        k, nb = where(g.output)
+        out = f"{g.output} resident" if k == "sbuf" else f"{g.output} stored {_fmt_b(nb)}"
+        if k == "sbuf":
+            tot["resident"] += nb
+        else:
+            tot["stored"] += nb
+        lines.append(f"[{gi:3d}] {g.tag:<26} tiles: whole tensor | resident in: {', '.join(res_in) or '-'}"
+                     f" | loaded: {', '.join(loads) or '-'} | weights {_fmt_b(w)} once | out: {out}")
+    lines.append(f"totals: activations loaded {_fmt_b(tot['loaded'])}, stored {_fmt_b(tot['stored'])}, "
+                 f"kept resident {_fmt_b(tot['resident'])}")
+    if info:
+        lines.append(f"compulsory traffic {_fmt_b(info.get('compulsory_bytes', 0))}; "
+                     f"spill save {_fmt_b(info.get('spill_save_bytes', 0))}, reload "
+                     f"{_fmt_b(info.get('spill_reload_bytes', 0))}; planner {info.get('planner_seconds')} s; "
+                     f"polyhedral model: {'yes' if info.get('polyhedral_model') else 'no (whole-tensor view)'}")
+    alloc = getattr(plan, "_allocation", None)
+    if alloc is not None and alloc.slots:
+        t = alloc.peak_time
+        lines.append(f"SBUF map at peak (kernel {t}: {plan.groups[t].tag}), resident extent "
+                     f"{_fmt_b(alloc.extent_at(t))} per partition of {_fmt_b(alloc.size)}, capacity there "
+                     f"{_fmt_b(alloc.capacity[t])}, fragmentation {alloc.fragmentation:.1%}:")
+        for b in sorted(alloc.live_at(t), key=lambda b: alloc.offset(b.name)):
+            off = alloc.offset(b.name)
+            lines.append(f"    [{off:>6}, {off + alloc.slots[b.name][1]:>6}) x p[0:{b.partitions}]  {b.name}"
+                         f"  live kernels {b.start}..{b.end}")
+    spilled = info.get("spilled", ())
+    if spilled:
+        lines.append("spilled to HBM (did not fit):")
+        for n, why in spilled:
+            lines.append(f"    {n}: {why}")
+    nr = info.get("not_resident", ())
+    if nr:
+        lines.append(f"kept in HBM by rule ({len(nr)} tensors):")
+        for n, why in nr[:40]:
+            lines.append(f"    {n}: {why}")
+        if len(nr) > 40:
+            lines.append(f"    ... {len(nr) - 40} more")
+    for note in getattr(plan, "notes", ()) or ():
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="tvm-poly plan", description=__doc__.splitlines()[0])
+    ap.add_argument("model", help="ONNX model file")
+    ap.add_argument("--target", default="polyinf", help="polyinf (inf2) or polyinf/inf1")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--planner", default="poly")
+    a = ap.parse_args(argv)
+    try:
+        from target.config import load_config
+        from .frontend import load_onnx
+        from .graph import graph_from_relax
+        from .planners import get_planner
+
+        cfg = load_config(_config_of(a.target))
+        g = graph_from_relax(load_onnx(a.model, batch=a.batch))
+        plan = get_planner(a.planner)(g, cfg, a.dtype)
+    except Exception as e:  # noqa: BLE001 - one-line error for the CLI
+        print(f"tvm-poly plan: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    print(format_plan(g, plan, 2 if a.dtype == "bfloat16" else 4))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
