@@ -19,6 +19,9 @@ Definitions (all exact integers unless noted):
 * ``sbuf_read_bytes`` / ``sbuf_write_bytes``: bytes read/written in SBUF by all instructions.
 * ``macs``: sum of K*M*N over matmuls; ``num_instructions``.
 * ``mfu``: macs / (pe_rows * pe_cols * Tensor-engine cycles of the whole latency).
+* ``mbu``: (hbm_read_bytes + hbm_write_bytes) / latency / the config's HBM bandwidth.
+* ``mm_arithmetic_intensity``: 2 * macs / (hbm_read_bytes + hbm_write_bytes) (flops per HBM byte).
+* ``engine_active_pct``: per compute engine, 100 * its active time / the latency.
 * ``per_tag``: tag -> the traffic/cycle/macs fields above, for instructions with that tag
   (untagged instructions under "").
 """
@@ -69,6 +72,9 @@ class Report:
     sbuf_write_bytes: int
     macs: int
     mfu: float
+    mbu: float
+    mm_arithmetic_intensity: float
+    engine_active_pct: dict
     num_instructions: int
     per_tag: dict  # tag -> TagReport
 

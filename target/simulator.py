@@ -147,6 +147,7 @@ class Simulator:
         self.decoded: list[list[_Dec]] = []
         self.stream_names = [n for n, _ in program.streams]
         self.open_groups: list = []  # (p0, p1, lo, hi, where) of open PSUM accumulation groups
+        self.flows: list = []  # trace only: (signaller stream, index, waiter stream, index) binding waits
         self._decode()
 
     # ------------------------------------------------------------------ static checks
@@ -520,7 +521,7 @@ class Simulator:
         hz = HazardChecker(self) if self.check else None
         pos = [0] * S
         free = [0] * S  # engine free time (ticks)
-        sem_times: dict[str, list] = {}  # sem -> sorted [(tick, seq, stream)]
+        sem_times: dict[str, list] = {}  # sem -> sorted [(tick, seq, stream, index)]
         port_free: dict[str, int] = {}
         waiting_on: dict[str, set] = {}
         port_users: dict[str, set] = {}
@@ -544,9 +545,10 @@ class Simulator:
                 lst = sem_times.get(sem)
                 if lst is None or len(lst) < v:
                     return None
-                tt, _, src = lst[v - 1]
+                e = lst[v - 1]
+                tt = e[0]
                 if tt > bind_t:
-                    bind_t, bind_src = tt, src
+                    bind_t, bind_src = tt, e
                 if tt > t:
                     t = tt
             for p in d.ports:
@@ -596,9 +598,10 @@ class Simulator:
             self._exec(d)
             busy_end = start + d.busy
             done = start + d.done
+            free_before = free[s]
             if s == tensor_s:
                 gap = start - free[s]
-                if gap > 0 and bind_src is not None and is_dma[bind_src] and bind_t >= start:
+                if gap > 0 and bind_src is not None and is_dma[bind_src[2]] and bind_t >= start:
                     stats.stall(d, gap // self.tps["tensor"])
             free[s] = busy_end
             for p in d.ports:
@@ -606,10 +609,12 @@ class Simulator:
                 dirty |= port_users.get(p, set())
             for sem in d.signals:
                 seq += 1
-                bisect.insort(sem_times.setdefault(sem, []), (done, seq, s))
+                bisect.insort(sem_times.setdefault(sem, []), (done, seq, s, d.i))
                 dirty |= waiting_on.get(sem, set())
             stats.add(d, start, busy_end, done)
             timeline.append((s, d.i, start, busy_end, done))
+            if self.want_trace and bind_src is not None and bind_t >= free_before:
+                self.flows.append((bind_src[2], bind_src[3], s, d.i))
             end_tick = max(end_tick, done)
             unregister(s)
             pos[s] += 1
@@ -732,6 +737,7 @@ class _Stats:
             union += cur_b - cur_a
         tensor_cycles = end_tick / cfg.ticks_per_cycle("tensor")
         tot = self.tot
+        hbm_bytes = tot["hbm_read_bytes"] + tot["hbm_write_bytes"]
         per_tag = {k: TagReport(**v) for k, v in self.tags.items()}
         return Report(
             config=cfg.name, program=sim.p.name,
@@ -745,6 +751,10 @@ class _Stats:
             psum_peak_bytes=sim.psum.written_bytes(), sbuf_read_bytes=tot["sbuf_read_bytes"],
             sbuf_write_bytes=tot["sbuf_write_bytes"], macs=tot["macs"],
             mfu=(tot["macs"] / (cfg.pe_rows * cfg.pe_cols * tensor_cycles) if tensor_cycles else 0.0),
+            mbu=(hbm_bytes / (end_tick / tick_hz) / (cfg.hbm_bandwidth_gbps * 1e9) if end_tick else 0.0),
+            mm_arithmetic_intensity=(2 * tot["macs"] / hbm_bytes if hbm_bytes else 0.0),
+            engine_active_pct={e: (100.0 * c * cfg.ticks_per_cycle(e) / end_tick if end_tick else 0.0)
+                               for e, c in self.eng.items()},
             num_instructions=tot["num_instructions"], per_tag=per_tag)
 
 

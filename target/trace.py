@@ -2,7 +2,9 @@
 
 One process ("NeuronCore <config>"), one thread (track) per engine and per DMA queue, one complete
 ("X") event per instruction spanning its busy time, with the instruction text, tag, and the time
-its results become visible (``done_us``) in ``args``.
+its results become visible (``done_us``) in ``args``.  Flow arrows ("s"/"f" events, category
+``semaphore``) go from the instruction whose signal released a waiting instruction to that
+instruction, for the waits that actually delayed it.
 """
 from __future__ import annotations
 
@@ -31,6 +33,16 @@ def build_trace(sim, timeline) -> list:
                    "dur": (end - start) * tick_us,
                    "args": {"index": i, "instr": format_instr(d.ins), "done_us": done * tick_us,
                             "cycles": d.cycles}})
+    where = {(s, i): (start, done) for s, i, start, end, done in timeline}
+    for k, (ss, si, ws, wi) in enumerate(getattr(sim, "flows", ())):
+        src = where.get((ss, si))
+        dst = where.get((ws, wi))
+        if src is None or dst is None:
+            continue
+        ev.append({"name": "semaphore", "cat": "semaphore", "ph": "s", "id": k, "pid": 1, "tid": tid[names[ss]],
+                   "ts": src[0] * tick_us})
+        ev.append({"name": "semaphore", "cat": "semaphore", "ph": "f", "bp": "e", "id": k, "pid": 1,
+                   "tid": tid[names[ws]], "ts": dst[0] * tick_us})
     return ev
 
 

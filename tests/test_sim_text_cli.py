@@ -157,6 +157,8 @@ def test_trace_has_a_track_per_stream(tmp_path):
     xs = [e for e in ev if e["ph"] == "X"]
     assert len(xs) == 3 and all(e["dur"] > 0 for e in xs)
     assert any(e["name"] == "scale:tensor_scalar" for e in xs)
+    flows = [e for e in ev if e["ph"] in ("s", "f")]
+    assert len(flows) == 4 and {e["id"] for e in flows} == {0, 1}  # dma0 -> vector -> dma1
 
 
 def test_cli_runs_program_with_inputs_report_trace(tmp_path, capsys):
