@@ -1,0 +1,128 @@
+"""The poly planner: allocator unit tests, residency on small graphs and a light model vs per-op."""
+import numpy as np
+import pytest
+
+from tvm_poly.allocation import Buffer, allocate, resident_deaths
+
+
+def test_interval_colouring_reuses_dead_ranges_and_never_overlaps():
+    bufs = [Buffer("a", 0, 1, 64, 1000, (1,), 64000, 64000),
+            Buffer("b", 1, 2, 64, 1000, (2,), 64000, 64000),
+            Buffer("c", 2, 3, 64, 1000, (3,), 64000, 64000)]
+    al = allocate(bufs, [4096] * 4, 8192)
+    al.check()
+    assert not al.spilled
+    # a and c never live together: c reuses a's range
+    assert al.slots["a"] == al.slots["c"]
+    assert al.slots["a"] != al.slots["b"]
+    # resident buffers sit at the top of SBUF
+    assert max(al.offset(n) + al.slots[n][1] for n in al.slots) == 8192
+    assert al.peak == 2048 and al.fragmentation == 0.0
+
+
+def test_spill_choice_prefers_far_next_use_and_cheap_reload():
+    # capacity for two buffers; 'far' is next used much later and costs the same to reload
+    bufs = [Buffer("near", 0, 3, 128, 1024, (1, 3), 10, 10),
+            Buffer("far", 0, 9, 128, 1024, (9,), 10, 10),
+            Buffer("new", 1, 2, 128, 1024, (2,), 10, 10)]
+    al = allocate(bufs, [2048] * 10, 4096)
+    al.check()
+    assert set(al.spilled) == {"far"}
+    assert al.spill_save_bytes == 10 and al.spill_reload_bytes == 10
+
+
+def test_buffer_larger_than_capacity_spills_itself():
+    al = allocate([Buffer("big", 0, 1, 128, 10_000, (1,), 5, 5)], [4096, 4096], 8192)
+    assert "big" in al.spilled and "does not fit" in al.spilled["big"]
+
+
+def _conv_chain_graph():
+    from codegen_util import GraphBuilder
+    rng = np.random.default_rng(0)
+    b = GraphBuilder()
+    x = b.input("x", (1, 16, 12, 12))
+    w1 = b.const("w1", rng.standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.2)
+    w2 = b.const("w2", rng.standard_normal((32, 32, 1, 1)).astype(np.float32) * 0.2)
+    h = b.op("conv2d", [x, w1], (1, 32, 12, 12), padding=(1, 1, 1, 1), strides=(1, 1))
+    h = b.op("relu", [h], (1, 32, 12, 12))
+    y = b.op("conv2d", [h, w2], (1, 32, 12, 12), padding=(0, 0, 0, 0), strides=(1, 1))
+    s = b.op("add", [y, h], (1, 32, 12, 12))
+    o = b.op("relu", [s], (1, 32, 12, 12))
+    return b.build([o]), rng
+
+
+def test_poly_keeps_chain_resident_and_matches_per_op():
+    g, rng = _conv_chain_graph()
+    from tvm_poly.driver import compile_graph
+    x = rng.standard_normal((1, 16, 12, 12)).astype(np.float32)
+    res = {}
+    for planner in ("per-op", "poly"):
+        cp = compile_graph(g, "inf2", planner=planner, dtype="float32")
+        outs, rep = cp.run({g.inputs[0]: x})
+        res[planner] = (outs[g.outputs[0]], rep)
+    a, b = res["per-op"][0], res["poly"][0]
+    assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a)
+    ra, rb = res["per-op"][1], res["poly"][1]
+    assert rb.hbm_read_bytes + rb.hbm_write_bytes < ra.hbm_read_bytes + ra.hbm_write_bytes
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-3), ("bfloat16", 2e-2)])
+def test_squeezenet_poly_matches_onnxruntime_with_fewer_hbm_bytes(dtype, tol):
+    pytest.importorskip("onnxruntime")
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from tvm_poly.driver import compile_graph
+    from tvm_poly.graph import graph_from_relax
+    from tvm_poly.models import light_model, random_inputs, reference_outputs, rel_err
+
+    model = light_model("squeezenet", seed=0, logits=True)
+    inputs = random_inputs(model, seed=0)
+    ref = list(reference_outputs(model, inputs).values())[0]
+    g = graph_from_relax(from_onnx(model))
+    cp = compile_graph(g, "inf2", planner="poly", dtype=dtype)
+    outs, rep = cp.run(inputs)  # with the race / overlap checker
+    assert rel_err(outs[g.outputs[0]], ref) <= tol
+    plan = cp.plan
+    assert plan.planner == "poly" and plan.get("polyhedral_model")
+    assert len(plan.get("resident")) > 20
+    base = compile_graph(g, "inf2", planner="per-op", dtype=dtype)
+    assert [x.ops for x in base.plan.groups] == [x.ops for x in plan.groups]  # same kernels
+    _, rb = base.run(inputs, check=False)
+    assert (rb.hbm_read_bytes + rb.hbm_write_bytes) >= 3 * (rep.hbm_read_bytes + rep.hbm_write_bytes)
+    # the resident buffers are freed after their last reader
+    deaths = resident_deaths(plan)
+    assert sum(len(v) for v in deaths.values()) == len(plan.get("resident"))
+
+
+def test_plan_cli_prints_residency_and_peak_map(capsys):
+    import os
+
+    import onnx
+
+    from tvm_poly.plan_cli import main
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data/light/light_squeezenet.onnx")
+    assert main([path, "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "SBUF map at peak" in out and "resident in:" in out and "compulsory traffic" in out
+    assert main(["/nonexistent.onnx"]) == 2
+
+
+@pytest.mark.slow
+def test_resnet50_poly_bf16_near_floor_and_matches_onnxruntime():
+    pytest.importorskip("onnxruntime")
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from tvm_poly.driver import compile_graph
+    from tvm_poly.graph import graph_from_relax
+    from tvm_poly.models import light_model, random_inputs, reference_outputs, rel_err
+
+    model = light_model("resnet50", seed=0, logits=True)
+    inputs = random_inputs(model, seed=0)
+    ref = list(reference_outputs(model, inputs).values())[0]
+    g = graph_from_relax(from_onnx(model))
+    cp = compile_graph(g, "inf2", planner="poly", dtype="bfloat16")
+    outs, rep = cp.run(inputs, check=False)
+    assert rel_err(outs[g.outputs[0]], ref) <= 2e-2
+    floor = cp.plan.get("compulsory_bytes")
+    assert rep.hbm_read_bytes + rep.hbm_write_bytes <= 1.1 * floor
+    assert cp.plan.get("planner_seconds") < 30
