@@ -135,6 +135,8 @@ class Memory:
                 lo += (n - 1) * s * ap.itemsize
         w = run * ap.itemsize
         if self.kind == Mem.HBM:
+            if ap.partition_stride < 0 or (ap.num_partitions - 1) * ap.partition_stride * ap.itemsize + lo + w > self.row_bytes:
+                return None  # let the bounds-checked general path handle it
             return np.lib.stride_tricks.as_strided(self.written[0, lo:], (ap.num_partitions, w),
                                                    (ap.partition_stride * ap.itemsize, 1))
         return self.written[ap.start_partition:ap.start_partition + ap.num_partitions, lo:lo + w]

@@ -185,3 +185,14 @@ def test_bf16_output_tensor_dtype():
     res = _run_sbuf(streams, [("x", (4, 8), "fp32")], [("y", (4, 8), "bf16")], {"x": x})
     assert res.outputs["y"].dtype == BF
     np.testing.assert_array_equal(res.outputs["y"].astype(np.float32), bf(x))
+
+
+def test_negative_strides_and_reversed_hbm_rows():
+    x = np.arange(4 * 8, dtype=np.float32).reshape(4, 8)
+    # read HBM rows in reverse order (negative partition stride) and each row reversed
+    from target.isa import AP, Mem
+    src = AP(Mem.HBM, 0, 4, 3 * 32 + 7 * 4, (8,), (-1,), "fp32", -8)
+    streams = (("dma0", (DmaCopy(sbuf_ap(0, 4, 0, (8,)), src),
+                         DmaCopy(hbm_ap(128, 4, 8, (8,)), sbuf_ap(0, 4, 0, (8,))))),)
+    res = _run_sbuf(streams, [("x", (4, 8), "fp32")], [("y", (4, 8), "fp32")], {"x": x})
+    np.testing.assert_array_equal(res.outputs["y"], x[::-1, ::-1])

@@ -142,3 +142,17 @@ def test_strided_access_halves_rate():
                  ("vector", (TensorCopy(sbuf_ap(0, 128, 16384, (256,)), src, waits=(Wait("ld", 1),)),))))
     res = simulate(p, CFG, {"x": np.ones((128, 2048), np.float32)})
     assert res.report.engine_active_cycles["vector"] == 2 * 256
+
+
+def test_dma_stall_cycles_count_tensor_idle_waiting_on_a_dma():
+    from target.cost import dma_ticks
+    K = 128
+    ld = DmaCopy(sbuf_ap(0, K, 0, (512,), "bf16"), hbm_ap(0, K, 512, (512,), "bf16"), signals=("x",))
+    mm = MatMul(psum_ap(0, K, 0, (512,)), sbuf_ap(0, K, 0, (K,), "bf16"), sbuf_ap(0, K, 0, (512,), "bf16"),
+                waits=(Wait("x", 1),), signals=("mm",))
+    ev = Activation(sbuf_ap(0, K, 4096, (512,)), psum_ap(0, K, 0, (512,)), waits=(Wait("mm", 1),))
+    p = Program((HbmTensor("x", 0, (K, 512), "bf16", "input"),),
+                (("dma0", (ld,)), ("tensor", (mm,)), ("scalar", (ev,))))
+    res = simulate(p, CFG, {"x": np.ones((K, 512))})
+    assert res.report.dma_stall_cycles == dma_ticks(ld, CFG) // CFG.ticks_per_cycle("tensor")
+    assert res.report.per_tag[""].dma_stall_cycles == res.report.dma_stall_cycles
