@@ -14,6 +14,8 @@ from .values import Value, prod
 
 CHUNK_BYTES = 16384  # per partition per operand: well above the 2 KiB DMA efficiency knee
 BUFS = 3
+DIV = 2  # aim for about this many chunks (pipelining) when the tensor is big enough
+PIECE_BYTES = 192 * 1024  # streaming kernels: fewer, larger DMAs (latency is per transfer)
 COMMUTATIVE = {"add", "multiply", "max", "min"}
 UNARY = set(isa.ACT_FUNCS)
 
@@ -200,7 +202,7 @@ def _run_rows(em, out, inputs, op, post, cdt, rows_total, outer, ap_for, kinds, 
     chunk = max(1, CHUNK_BYTES // (it * inner))
     # at least ~4 chunks when the tensor is big enough, so loads, compute and stores overlap
     total_pp = outer * inner * it
-    chunk = min(chunk, max(1, max(2048, total_pp // 4) // (it * inner)))
+    chunk = min(chunk, max(1, max(2048, total_pp // DIV) // (it * inner)))
     chunk = max(1, min(chunk, outer))
     chunk = -(-outer // (-(-outer // chunk)))  # equal chunks
     nfull = sum(1 for k in kinds if k in ("full", "strided"))
@@ -232,7 +234,7 @@ def _run_rows(em, out, inputs, op, post, cdt, rows_total, outer, ap_for, kinds, 
                 dst = t.ap(sizes, partitions=nr)
             else:
                 dst = t.ap((1,), partitions=nr)
-            em.dma_split(dst, ap_for(k, r0, nr, c0, nc))
+            em.dma_split(dst, ap_for(k, r0, nr, c0, nc), piece_bytes=PIECE_BYTES)
             tiles[k] = dst
         return tiles
 
@@ -244,7 +246,7 @@ def _run_rows(em, out, inputs, op, post, cdt, rows_total, outer, ap_for, kinds, 
         tiles = nxt
         nxt = load(steps[i + 1]) if i + 1 < len(steps) else None
         res = _compute(em, tiles, kinds, op, post, tile_sizes(nc), nr)
-        em.dma_split(ap_for(-1, r0, nr, c0, nc), res)
+        em.dma_split(ap_for(-1, r0, nr, c0, nc), res, piece_bytes=PIECE_BYTES)
     for p in pools.values():
         p.release()
 
