@@ -7,7 +7,7 @@ import pytest
 
 import poly_util as U
 from tvm_poly import counting, dataflow, queries
-from tvm_poly.extract import extract
+from tvm_poly.extract import check_tvm_regions, extract
 
 # multiply-accumulates of the updates `acc += a * b` (conv, grouped conv, matmul) per model;
 # ResNet-50's figure is the independent one (conv + FC = 4,089,184,256), the others pin
@@ -54,6 +54,9 @@ def test_light_model_extracts_completely(name, resnet):
         produced |= set(o.outputs)
     assert set(m.outputs) <= produced
     assert m.macs() == MACS[name]
+    if len(m.statements) < 600:  # (the bigger ones take seconds; same PrimFunc kinds)
+        # every access lies inside the region TVM itself declares, instance by instance
+        assert check_tvm_regions(m) == []
 
 
 def test_resnet50_macs_conv_plus_fc(resnet):

@@ -219,6 +219,8 @@ class _TStmt:
     phase: int
     accesses: list
     macs_per_instance: int = 0
+    # TVM's own T.reads / T.writes regions: [(buf, kind, [(lo text, extent text)] | None)]
+    regions: list = field(default_factory=list)
     # isl objects with placeholder tuple names, built on first use
     domain: object = None
     instances: int | None = None
@@ -382,6 +384,15 @@ class _FuncWalker:
                 self.diag("non-affine-guard", sfx,
                           f"block predicate {pred}: {e}; ignored (over-approximated)")
         coll = _AccessCollector(self, conv, bvars, sfx)
+        regions = []
+        for kind, lst in (("read", blk.reads), ("write", blk.writes)):
+            for tr in lst:
+                try:
+                    rng = [(conv.index(r.min, bvars), conv.aff(an.simplify(r.extent)))
+                           for r in tr.region]
+                except NonAffine:
+                    rng = None
+                regions.append((tr.source, kind, rng))
         if blk.init is not None:
             init_cons = list(dom_cons)
             init_box = list(box) if box is not None else None
@@ -398,14 +409,15 @@ class _FuncWalker:
                         init_box[k] = (m, 1)
             self.t.stmts.append(_TStmt(sfx + ".init", blk.name_hint, "init", dims, dim_kinds,
                                        init_cons, init_box, betas, 0,
-                                       coll.collect_stmt(blk.init, sfx + ".init")))
+                                       coll.collect_stmt(blk.init, sfx + ".init"), 0,
+                                       [r for r in regions if r[1] == "write"]))
             self.t.stmts.append(_TStmt(sfx, blk.name_hint, "update", dims, dim_kinds, dom_cons,
                                        box, betas, 1, coll.collect_stmt(blk.body, sfx),
-                                       _macs_per_instance(blk.body)))
+                                       _macs_per_instance(blk.body), regions))
         else:
             self.t.stmts.append(_TStmt(sfx, blk.name_hint, "compute", dims, dim_kinds, dom_cons,
                                        box, betas, 0, coll.collect_stmt(blk.body, sfx),
-                                       _macs_per_instance(blk.body)))
+                                       _macs_per_instance(blk.body), regions))
 
 
 def _contains_block(s) -> bool:
@@ -593,6 +605,7 @@ class _Inst:
     tmpl: _TStmt | None
     arrays: list  # array name per access (template order) or, for opaque, [(name, kind)]
     opaque_why: str = ""
+    binding: dict = field(default_factory=dict)  # buffer var -> array name
 
 
 def _is_buffer(p) -> bool:
@@ -828,7 +841,7 @@ class _Extractor:
                                                  f"buffer {a.buf.name} not bound by the call"))
                 arrs.append(n)
             name = f"{op}.{ts.suffix}"
-            self.insts.append(_Inst(name, op, op_index, fname, ts, arrs))
+            self.insts.append(_Inst(name, op, op_index, fname, ts, arrs, "", binding))
             names.append(name)
         self.ops.append(PolyOp(op, op_index, fname, tuple(tensor_ins),
                                tuple(n for n in out_names if n), tuple(names), folded))
@@ -994,10 +1007,22 @@ class _Extractor:
         for k in range(depth):
             tv += [betas[k], ts.dims[k] if k < len(ts.dims) else 0]
         tv += [betas[depth], ts.phase]
+        regions = []
+        for buf, kind, rng in ts.regions:
+            n = inst.binding.get(buf)
+            if n is None:
+                continue
+            if rng is None:
+                regions.append((n, kind, None))
+                continue
+            outs = [f"o{k}" for k in range(len(rng))]
+            cons = " and ".join(f"{lo} <= o{k} < {lo} + {ext}" for k, (lo, ext) in enumerate(rng))
+            regions.append((n, kind, f"{{ {sid}[{', '.join(ts.dims)}] -> "
+                                     f"{arrays[n].isl_id}[{', '.join(outs)}] : {cons or 'true'} }}"))
         return PolyStatement(inst.name, sid, inst.op, inst.op_index, inst.func, ts.block, ts.role,
                              tuple(ts.dims), tuple(ts.dim_kinds), domain, tuple(reads),
                              tuple(writes), tuple(tv), ts.instances,
-                             ts.macs_per_instance, exact_all)
+                             ts.macs_per_instance, exact_all, tuple(regions))
 
 
 def _box_set(ctx, name, dims, box) -> isl.Set:
@@ -1012,6 +1037,37 @@ def _box_set(ctx, name, dims, box) -> isl.Set:
 
 
 # ------------------------------------------------------------------------------------------
+def check_tvm_regions(model: PolyModel) -> list[str]:
+    """Cross-check the model against TVM's own block regions (``T.reads`` / ``T.writes``,
+    TVM's over-approximation): every exact access relation must lie inside the region TVM
+    declares for the same buffer, instance by instance. Returns the violations (empty = ok)."""
+    bad = []
+    for st in model.statements:
+        if not st.tvm_regions:
+            continue
+        for acc in st.reads + st.writes:
+            if not acc.exact:
+                continue
+            regs = [t for n, k, t in st.tvm_regions if n == acc.array and k == acc.kind]
+            if not regs and acc.kind == "read" and st.role == "update":
+                # TVM leaves a reduction's accumulator read out of T.reads (it is the write)
+                regs = [t for n, k, t in st.tvm_regions if n == acc.array and k == "write"]
+            if not regs or any(t is None for t in regs):
+                if not regs:
+                    bad.append(f"{st.name}: {acc.kind} {acc.text} not declared by TVM")
+                continue
+
+            def inside(regs=regs, acc=acc, st=st):
+                u = isl.UnionMap.empty(isl.Space.params_alloc(model.ctx, 0))
+                for t in regs:
+                    u = u.union(isl.UnionMap(t, context=model.ctx))
+                u = u.intersect_domain(isl.UnionSet.from_set(st.domain))
+                return isl.UnionMap.from_map(acc.relation).is_subset(u)
+            if not model.guard(f"region check of {st.name}", inside):
+                bad.append(f"{st.name}: {acc.kind} {acc.text} outside TVM's region")
+    return bad
+
+
 def _needs_legalize(mod: tvm.IRModule) -> bool:
     main = mod["main"]
     keep = _CALL_TIR | {"relax.call_dps_packed", "relax.call_pure_packed", "relax.call_packed"}

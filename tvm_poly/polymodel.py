@@ -148,6 +148,8 @@ class PolyStatement:
     instances: int = 0  # exact card(domain)
     macs_per_instance: int = 0  # 1 when the update is acc + a * b
     exact: bool = True
+    # TVM's declared block regions: ((array, "read"/"write", isl map text or None), ...)
+    tvm_regions: tuple = field(default=(), compare=False, repr=False)
     _lazy: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
