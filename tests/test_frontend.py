@@ -187,3 +187,16 @@ def test_strip_softmax_and_reference(squeeze):
 def test_rel_err():
     assert models.rel_err(np.ones(4), np.ones(4)) == 0
     assert abs(models.rel_err(np.array([1.0, 0]), np.array([0.0, 1])) - np.sqrt(2)) < 1e-12
+
+
+def test_external_data_model(tmp_path):
+    m = _onnx_tiny.tiny_cnn()
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.weights", size_threshold=0)
+    assert (tmp_path / "ext.weights").exists()
+    mod = frontend.load_onnx(str(path))
+    assert mod["main"].params[0].name == "x"
+    (tmp_path / "ext.weights").unlink()
+    with pytest.raises(ModelError, match="external weights"):
+        frontend.load_onnx(str(path))

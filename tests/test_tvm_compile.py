@@ -178,3 +178,17 @@ def test_explicit_pipeline_with_partition_pass(tiny):
         ex = relax.build(mod, target="polyinf", relax_pipeline=seq)
     assert models.rel_err(_run(ex, x), ref) <= 1e-3
     assert tvm_poly.last_report().to_dict()["segments"] == 1
+
+
+def test_target_with_host_and_report_attributes(tiny):
+    model, x, ref, mod = tiny
+    ex = tvm.compile(mod, target=tvm.target.Target("polyinf", host="llvm"))
+    assert models.rel_err(_run(ex, x), ref) <= 1e-3
+    rep = tvm_poly.last_report()
+    d = rep.to_dict()
+    assert rep.segments == d["segments"] == 1
+    assert rep.cycles == d["cycles"] > 0 and rep.planner == "per-op" and rep.host_ops == []
+    assert "cycles=" in repr(rep)
+    with pytest.raises(AttributeError):
+        rep.no_such_field
+    assert json.loads(rep.to_json())["cycles"] == d["cycles"]

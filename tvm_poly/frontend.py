@@ -43,6 +43,14 @@ def read_onnx(path_or_model):
             model.ParseFromString(data)
         except Exception as e:
             raise ModelError(f"malformed or truncated ONNX file {where}: {type(e).__name__}: {e}") from e
+        if where != "<bytes>" and any(t.data_location == onnx.TensorProto.EXTERNAL
+                                      for t in model.graph.initializer):
+            from onnx.external_data_helper import load_external_data_for_model
+
+            try:
+                load_external_data_for_model(model, os.path.dirname(os.path.abspath(where)))
+            except Exception as e:
+                raise ModelError(f"cannot load the external weights of {where}: {e}") from e
     if not model.graph.node:
         raise ModelError(f"malformed or truncated ONNX file {where}: the graph has no nodes")
     try:

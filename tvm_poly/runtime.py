@@ -79,14 +79,13 @@ class Report:
                 f.write(s + "\n")
         return s
 
-    def __getattr__(self, name):
-        d = self.__dict__.get("_merged", {})
-        meta = self.__dict__.get("meta", {})
-        if name in meta:
-            return meta[name]
+    def __getattr__(self, name):  # report fields as attributes: rep.cycles, rep.host_ops
+        if name.startswith("_") or "_merged" not in self.__dict__:
+            raise AttributeError(name)
+        d = self.to_dict()
         if name in d:
             return d[name]
-        raise AttributeError(name)
+        raise AttributeError(f"report has no field {name!r}")
 
     def __repr__(self):
         d = self.to_dict()
