@@ -91,6 +91,9 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
             bo = -(-bo // 2)
         if band_bytes(bo) > free:
             raise AllocationError(f"pool {x.shape}: one output row needs {band_bytes(1)} B per partition")
+        # pipelining: big inputs stream in ~4 bands (load / pad copy / vector passes overlap)
+        if N == 1 and bo == OH and C * H * W * it >= 512 * 1024 and OH >= 8:
+            bo = -(-OH // 4)
         for n in range(N):
             for oh0 in range(0, OH, bo):
                 nbo = min(bo, OH - oh0)
