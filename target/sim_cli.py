@@ -1,5 +1,5 @@
 """``tvm-poly sim PROGRAM.txt [--config inf2|inf1|FILE.toml] [--report R.json] [--trace T.json]
-[--input NAME=FILE.npy ...] [--output-dir DIR] [--seed N] [--no-check]``
+[--input NAME=FILE.npy ...] [--output-dir DIR] [--seed N] [--no-check] [--per-tag]``
 
 Runs a program text file (see :mod:`target.program_text`) on the simulator.  Inputs and weights
 not given with ``--input`` are filled with seeded random values (standard normal, seed
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-dir", help="write each output tensor as NAME.npy here")
     ap.add_argument("--seed", type=int, default=0, help="seed for random inputs not given (default 0)")
     ap.add_argument("--no-check", action="store_true", help="skip read-before-write and race checks")
+    ap.add_argument("--per-tag", action="store_true", help="also print the per-tag breakdown")
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:
@@ -73,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tvm-poly sim: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(res.report.summary())
+    if args.per_tag:
+        print(f"  {'tag':24s} {'instr':>6s} {'hbm_read':>11s} {'hbm_write':>11s} {'dmas':>5s} {'macs':>13s} "
+              f"{'stall':>9s}  engine cycles")
+        for tag, t in sorted(res.report.per_tag.items()):
+            eng = ", ".join(f"{k} {v}" for k, v in sorted(t.engine_active_cycles.items()))
+            print(f"  {tag or '(untagged)':24s} {t.num_instructions:6d} {t.hbm_read_bytes:11d} {t.hbm_write_bytes:11d} "
+                  f"{t.dma_transfer_count:5d} {t.macs:13d} {t.dma_stall_cycles:9d}  {eng}")
     if args.report:
         with open(args.report, "w") as f:
             json.dump(res.report.to_dict(), f, indent=1)

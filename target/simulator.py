@@ -14,7 +14,16 @@
   the order chosen among concurrent instructions.
 * Strictness: addresses, partition-start rule, engine/instruction match, operand memories,
   matmul limits, PSUM banks, shapes and dtypes are always checked (before anything runs); with
-  ``check=True`` reads of never-written bytes and data races are refused as well.
+  ``check=True`` reads of never-written bytes (shadow "written" bitmaps, also for outputs that are
+  not fully written), PSUM accumulation-group misuse and data races are refused as well.
+* Memories an engine may use: Tensor reads SBUF and writes PSUM; Vector/Scalar read and write
+  SBUF or PSUM (GpSimd SBUF only unless ``gpsimd_psum_access``); DMA moves HBM<->SBUF,
+  SBUF<->SBUF and HBM<->HBM (not PSUM), converting fp32/bf16/fp16 when the dtypes differ.
+  Elementwise operands must agree in partitions and elements per partition (free dims are
+  flattened row-major, so a [P, 4, 8] source may feed a [P, 32] destination).
+* Time: engine cycles are exact integer ticks; a DMA's duration is rounded up to a whole tick
+  (1/5.6 ns = 179 ps on inf2).  Deadlocks (a wait that can never be met, statically or because
+  of a cycle of waits) are refused naming the stuck instructions.
 """
 from __future__ import annotations
 
@@ -795,7 +804,8 @@ def simulate(program: Program, config, tensors: dict | None = None, *, check: bo
     sim.bind(tensors)
     old = _blas_set_local_threads(int(os.environ.get("TVM_POLY_SIM_BLAS_THREADS", "1")))
     try:
-        return sim.run()
+        with np.errstate(all="ignore"):  # inf/nan are results, as on the hardware
+            return sim.run()
     finally:
         if old is not None:
             _blas_set_local_threads(old)

@@ -176,7 +176,8 @@ def test_cli_runs_program_with_inputs_report_trace(tmp_path, capsys):
     assert json.loads((tmp_path / "t.json").read_text())["traceEvents"]
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "y.npy"), 3 * x)
     # random inputs when not given; config by file path
-    assert main([str(prog), "--config", load_config("inf1").source]) == 0
+    assert main([str(prog), "--config", load_config("inf1").source, "--per-tag"]) == 0
+    assert "scale" in capsys.readouterr().out
 
 
 def test_cli_errors(tmp_path, capsys):
