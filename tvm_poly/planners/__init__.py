@@ -5,7 +5,9 @@ from .per_op import plan_per_op
 from .poly import plan_poly
 from .fused import plan_fused  # TVM FuseOps groups (tvm imported lazily)
 
-PLANNERS = {"per-op": plan_per_op, "poly": plan_poly, "fused": plan_fused}
+from .tuned import plan_tuned  # MetaSchedule on the simulator (imported on first use)
+
+PLANNERS = {"per-op": plan_per_op, "poly": plan_poly, "fused": plan_fused, "tuned": plan_tuned}
 
 
 def get_planner(name: str):
