@@ -110,6 +110,7 @@ def test_3x3_conv_tile_needs_halo(h, w, y0, x0):
     m = model_of(onnx_model)
     upd = m.statement("gv.conv2d_nchw")
     tile = m.iterations(upd.name, f"ff = 0 and {y0} <= yy < {y0 + h} and {x0} <= xx < {x0 + w}")
+    assert tile.is_equal(queries.tile(m, upd.name, ff=0, yy=(y0, y0 + h), xx=(x0, x0 + w)))
     # on the padded buffer: exactly (h+2) x (w+2) per input channel
     fp = queries.footprint(m, tile, "gv.pad_temp")
     assert fp.count == C * (h + 2) * (w + 2)

@@ -43,7 +43,8 @@ def test_light_model_extracts_completely(name, resnet):
         for a in s.reads + s.writes:
             assert a.exact or s.name in listed or s.op in listed, (s.name, a.text)
         assert s.writes, s.name
-        assert s.instances == counting.card(s.domain) if s.instances < 10 ** 6 else True
+        if len(m.statements) < 600:
+            assert s.instances == counting.card(s.domain)
     for o in m.ops:
         assert o.statements, o.name
     # every tensor an operator reads was produced earlier or is an input / constant

@@ -950,9 +950,9 @@ class _Extractor:
                 ctx.reset_operations()
                 rel = isl.Map(f"{{ {space} -> A[{', '.join(out_dims)}] : {cons} }}",
                               context=ctx).intersect_domain(domain).coalesce()
-                if not rel.range().is_subset(box):
-                    rel = rel.intersect_range(box)
-                    clipped = True
+                inside = rel.intersect_range(box)
+                if not inside.is_equal(rel):
+                    rel, clipped = inside, True
             except isl.Error as e:
                 self._isl_fail(inst.op, inst.name, f"access {a.text}", e)
                 with unbounded(ctx):

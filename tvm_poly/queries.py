@@ -88,6 +88,21 @@ def as_union_set(model: PolyModel, iterations: Iterations) -> isl.UnionSet:
     return u
 
 
+def tile(model: PolyModel, statement: str, **ranges) -> isl.Set:
+    """Instances of ``statement`` with some dims restricted to half-open ranges or fixed,
+    e.g. ``tile(m, "lv16.conv2d_nchw", ff=5, yy=(8, 16), xx=(0, 8))``."""
+    st = model.statement(statement)
+    cons = []
+    for d, r in ranges.items():
+        if d not in st.dims:
+            raise PolyError(f"{statement} has no dimension {d!r} (dims: {', '.join(st.dims)})")
+        if isinstance(r, tuple):
+            cons.append(f"{int(r[0])} <= {d} < {int(r[1])}")
+        else:
+            cons.append(f"{d} = {int(r)}")
+    return model.iterations(statement, " and ".join(cons))
+
+
 def _image(model: PolyModel, its: isl.UnionSet, access: str, tensor: str | None) -> dict:
     """{tensor: isl.Set of elements} accessed by the instances ``its``; applies only the
     access relations of the statements present in ``its`` (no whole-model union map)."""
