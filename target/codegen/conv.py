@@ -134,7 +134,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         maxn_ = em.max_moving_free
         cands = [plan_for(S)] + ([plan_for(sw)] if 1 < sw < S else [])
         _, nphase, S1, Wu = min(cands)
-        taps = [(c, r, s0) for c in range(C) for r in range(R) for s0 in range(nphase)]
+        # r innermost: consecutive partitions read consecutive input rows (one DMA per run)
+        taps = [(c, r, s0) for c in range(C) for s0 in range(nphase) for r in range(R)]
         nQ = -(-len(taps) // P)
         qsz = -(-len(taps) // nQ)
         chunks = [taps[i:i + qsz] for i in range(0, len(taps), qsz)]
@@ -259,6 +260,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                 tq = tiles[q]
                 if has_pad:
                     em.memset(tq.ap((nbo * Wu,), partitions=len(ch)), 0.0)
+                # one DMA per run of partitions (c, s0, r..r+k) with the same valid window:
+                # consecutive r are consecutive input rows (HBM partition stride W)
+                runs = []
                 for i, (c, r, s) in enumerate(ch):  # s = the phase s0
                     # rows t: ih = (oh0+t)*sh + r - pt in [0, H)
                     t_lo = max(0, -(-(pt - r - oh0 * sh) // sh))
@@ -267,10 +271,17 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                     u_hi = min(Wu, W + pl - s)
                     if t_hi <= t_lo or u_hi <= u_lo:
                         continue
+                    key = (c, s, t_lo, t_hi, u_lo, u_hi)
+                    if runs and runs[-1][0] == key and runs[-1][2] + runs[-1][3] == i and \
+                            runs[-1][1] + runs[-1][3] == r:
+                        runs[-1][3] += 1
+                    else:
+                        runs.append([key, r, i, 1])
+                for (c, s, t_lo, t_hi, u_lo, u_hi), r, i, k in runs:
                     ih = (oh0 + t_lo) * sh + r - pt
                     iw = u_lo + s - pl
-                    em.dma(tq.ap((t_hi - t_lo, u_hi - u_lo), (Wu, 1), t_lo * Wu + u_lo, partitions=1, start=i),
-                           x.flat_ap((n * C + c) * H * W + ih * W + iw, 1, 0, (t_hi - t_lo, u_hi - u_lo), (sh * W, 1)))
+                    em.dma_split(tq.ap((t_hi - t_lo, u_hi - u_lo), (Wu, 1), t_lo * Wu + u_lo, partitions=k, start=i),
+                                 x.flat_ap((n * C + c) * H * W + ih * W + iw, k, W, (t_hi - t_lo, u_hi - u_lo), (sh * W, 1)))
 
             def mov(blk, t0, nr, ow0, nw):
                 q, s1 = blk
