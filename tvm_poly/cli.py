@@ -238,10 +238,11 @@ def _user_errors():
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = ("usage: tvm-poly {run,sim,poly} ...\n"
+    usage = ("usage: tvm-poly {run,sim,poly,bench} ...\n"
              "  run   compile an ONNX model for polyinf and run it on the simulator\n"
              "  sim   the NeuronCore simulator on a program text\n"
-             "  poly  the polyhedral model of a model\n")
+             "  poly  the polyhedral model of a model\n"
+             "  bench planners side by side (models x planners x configs x dtypes x batches)\n")
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(usage)
         return 0 if argv else EXIT_USAGE
@@ -253,7 +254,9 @@ def main(argv=None) -> int:
             return _sub("target.sim_cli", rest)
         if cmd == "poly":
             return _sub("tvm_poly.poly_cli", rest)
-        return _fail(f"unknown command {cmd!r}; expected run, sim or poly")
+        if cmd == "bench":
+            return _sub("tvm_poly.bench", rest)
+        return _fail(f"unknown command {cmd!r}; expected run, sim, poly or bench")
     except KeyboardInterrupt:
         return 130
     except SystemExit:
