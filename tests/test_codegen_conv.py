@@ -99,3 +99,13 @@ def test_stem_packs_taps_on_partitions():
     kmax = max(m.stationary.num_partitions for m in mms)
     nblk = -(-32 * 32 // 512)
     assert (kmax, len(mms)) in ((128, 2 * nblk), (42, 4 * nblk))
+
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("C,ws,pad,stride", [(64, 3, 1, 1), (32, 3, 1, 2), (64, 5, 2, 1)])
+def test_tap_packing_fills_pe_rows(C, ws, pad, stride, dtype):
+    err, cp, rep = run_conv((1, C, 12, 12), (48, C, ws, ws), (stride, stride), (pad,) * 4, 1, dtype, relu=True)
+    assert err <= TOL[dtype], err
+    mms = cp.program.stream("tensor")
+    assert max(m.stationary.num_partitions for m in mms) > C  # two taps share one matmul

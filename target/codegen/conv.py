@@ -171,7 +171,31 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             g = max(1, (budget // 2) // max(per_kt, 1))
             kgroups = [list(range(i, min(KT, i + g))) for i in range(0, KT, g)]
         wconsts, blk_off, blocks_by_jk = [], {}, {}
-        for grp in kgroups:
+        # tap packing ("full PE rows" for C <= 64): partition block i (rows i*C..) holds the
+        # padded input shifted left by i columns, so taps (r, s..s+g-1) are ONE matmul with
+        # K = g*C rows.  Needs the padded path (pl >= g-1 keeps the shifted copy in the tile).
+        tpack = 1
+        if C in (32, 64) and groups == 1 and not res_in and S > 1 and pl >= 1:  # block starts obey the partition-start rule
+            tpack = max(1, min(P // C, S, pl + 1))
+        blk_parts = {}
+        if tpack > 1:
+            ng = -(-S // tpack)
+            wparts = tpack * C
+            kgroups = [list(range(KT))]
+            tg = [(r, sg) for r in range(R) for sg in range(ng)]
+            arr = np.zeros((wparts, len(tg) * KT, Mk), np.float32)
+            for jk in range(KT):
+                blocks_by_jk[jk] = []
+                for ti, (r, sg) in enumerate(tg):
+                    b = jk * len(tg) + ti
+                    gs = min(tpack, S - sg * tpack)
+                    for i in range(gs):
+                        arr[i * C:(i + 1) * C, b, :] = A[jk, :, 0, :, r * S + sg * tpack + i].T
+                    blk_off[(0, ti, jk)] = b * Mk
+                    blocks_by_jk[jk].append((0, ti))
+                    blk_parts[(0, ti)] = gs * C
+            wconsts.append(arr.reshape(wparts, -1))
+        for grp in (kgroups if tpack == 1 else []):
             blist = [(j, t, jk) for jk in grp for j in range(CT) if nz[jk, j] for t in range(R * S)]
             arr = np.zeros((cm.parts, max(1, len(blist)), Mk), np.float32)
             for b, (j, t, jk) in enumerate(blist):
@@ -235,8 +259,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         in_pools = [em.pool("sbuf", len(ch), bo * Wu * it, cdt, nb, f"conv_in{q}_") for q, ch in enumerate(chunks)]
         pad_pool = None
     else:
-        in_pool = None if res_in else em.pool("sbuf", cm.parts, CT * in_rows(bo) * W * it, cdt, nb, "conv_in")
-        pad_pool = em.pool("sbuf", cm.parts, CT * in_rows(bo) * Wp * it, cdt, nb, "conv_pad") if any(pad) else None
+        in_pool = None if res_in else em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * W * it, cdt, nb, "conv_in")
+        pad_pool = em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * Wp * it, cdt, nb, "conv_pad") if any(pad) else None
     out_pool = None if res_out else em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_out")
     psum_pool = em.pool("psum", Mk, None, "fp32", min(4, em.psum_banks), "conv_ps")
 
@@ -315,8 +339,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         else:
             for j in range(CT):
                 nc = cm.nparts(j)
-                em.dma_split(st.ap((nvalid * W,), elem_offset=j * plane_s, partitions=nc),
-                             x.chan_ap(n, j * P, nc, ih0 * W, (nvalid * W,), (1,)))
+                for i in range(tpack):  # tap packing: one copy of the input per partition block
+                    em.dma_split(st.ap((nvalid * W,), elem_offset=j * plane_s, partitions=nc, start=i * nc),
+                                 x.chan_ap(n, j * P, nc, ih0 * W, (nvalid * W,), (1,)))
         if pad_pool is None:
             base, row = st, W
             pofs = poffs
@@ -328,6 +353,11 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             dr = ih0 + pt - r0p  # first valid row inside the padded band
             for j in range(CT):
                 nc = cm.nparts(j)
+                if tpack > 1:  # block i is the padded plane shifted left by i columns
+                    for i in range(tpack):
+                        em.copy(pt_.ap((nvalid, W), (Wp, 1), j * plane + dr * Wp + pl - i, partitions=nc, start=i * nc),
+                                st.ap((nvalid, W), (W, 1), poffs[j], partitions=nc, start=i * nc), stream="gpsimd")
+                    continue
                 em.copy(pt_.ap((nvalid, W), (Wp, 1), j * plane + dr * Wp + pl, partitions=nc),
                         st.ap((nvalid, W), (W, 1), poffs[j], partitions=nc), stream="gpsimd")
             base, row, roff = pt_, Wp, 0
@@ -335,16 +365,21 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
 
         def mov(blk, t0, nr, ow0, nw):
             j, t = blk
-            r, s = divmod(t, S)
+            if tpack > 1:
+                r, sg = divmod(t, -(-S // tpack))
+                s, npart = sg * tpack, blk_parts[blk]
+            else:
+                r, s = divmod(t, S)
+                npart = cm.nparts(j)
             off = pofs[j] + (t0 * sh + r + roff) * row + ow0 * sw + s
             if nr == 1:
-                return base.ap((nw,), (sw,), off, partitions=cm.nparts(j))
-            return base.ap((nr, nw), (sh * row, sw), off, partitions=cm.nparts(j))
+                return base.ap((nw,), (sw,), off, partitions=npart)
+            return base.ap((nr, nw), (sh * row, sw), off, partitions=npart)
         return mov
 
     def stat(gi, blk, jk, nk):
         key = (blk[0], blk[1], jk)
-        np_ = len(chunks[blk[0]]) if packed else cm.nparts(blk[0])
+        np_ = len(chunks[blk[0]]) if packed else blk_parts.get(tuple(blk), cm.nparts(blk[0]))
         return wtiles[gi].ap((nk,), (1,), blk_off[key], partitions=np_)
 
     def load_weights(gi):
