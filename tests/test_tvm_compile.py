@@ -192,3 +192,20 @@ def test_target_with_host_and_report_attributes(tiny):
     with pytest.raises(AttributeError):
         rep.no_such_field
     assert json.loads(rep.to_json())["cycles"] == d["cycles"]
+
+
+def test_symbolic_batch_runs_on_host_with_reason():
+    """A module with a symbolic batch (relax from_onnx without shapes) still compiles and
+    runs, on the host, and says why; load_onnx(batch=N) makes it offloadable."""
+    from tvm.relax.frontend.onnx import from_onnx
+    model = _onnx_tiny.tiny_cnn(dynamic_batch=True)
+    with pytest.warns(UserWarning, match="dynamic shape"):
+        ex = tvm.compile(from_onnx(model), target="polyinf")
+    x = models.random_inputs(model, seed=2, shapes={"x": (2, 3, 16, 16)})
+    ref = models.reference_outputs(model, x)["y"]
+    assert models.rel_err(_run(ex, x["x"]), ref) <= 1e-5
+    rep = tvm_poly.last_report().to_dict()
+    assert rep["segments"] == 0 and "dynamic shape: input x" in rep["host_ops"][0]["reason"]
+    ex = tvm.compile(frontend.load_onnx(model, batch=2), target="polyinf")
+    assert models.rel_err(_run(ex, x["x"]), ref) <= 1e-3
+    assert tvm_poly.last_report().to_dict()["segments"] == 1

@@ -369,22 +369,39 @@ def partition_module(mod, target, planner: str, dtype: str, backend=None):
         return mod  # already partitioned (e.g. an explicit pipeline that ran the pass)
     graph_mod, driver = backend or _import_backend()
     body = func.body
-    try:
-        graph = graph_mod.graph_from_relax(func)
-    except TvmPolyError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a construct the graph does not model: all on host
-        warnings.warn(f"polyinf: graph extraction failed ({type(e).__name__}: {e}); "
-                      "running the whole model on the host")
-        graph = None
+    graph, why = None, _dynamic_params(func)
+    if why is None:
+        try:
+            graph = graph_mod.graph_from_relax(func)
+        except TvmPolyError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a construct the graph does not model
+            why = f"graph extraction failed: {type(e).__name__}: {e}"
+    if graph is None:  # everything on the host (still correct), with the reason
+        warnings.warn(f"polyinf: {why}; running the whole model on the host")
         host_ops = [{"name": b.var.name, "op": str(getattr(b.value.op, "name", "?")),
-                     "reason": f"graph extraction failed: {type(e).__name__}: {e}"}
+                     "reason": why}
                     for blk in body.blocks for b in blk.bindings if isinstance(b.value, relax.Call)]
     if graph is not None:
         plans, host_ops = _plan_blocks(body, graph, config, planner, dtype, driver)
     else:
         plans = [None] * len(body.blocks)
     return done(_rewrite(mod, gv, func, plans, host_ops, info, spec, planner, dtype))
+
+
+def _dynamic_params(func):
+    """Why ``func`` cannot be offloaded for its symbolic input shapes (None if static)."""
+    import tvm
+
+    for p in func.params:
+        shape = getattr(p.ty, "shape", None)
+        values = getattr(shape, "values", None)
+        if values is None:
+            continue
+        if not all(isinstance(v, tvm.tirx.IntImm) for v in values):
+            return (f"dynamic shape: input {p.name} has shape ({', '.join(str(v) for v in values)}); "
+                    "give static shapes (e.g. tvm_poly.load_onnx(..., batch=N)) to offload")
+    return None
 
 
 def _plan_blocks(body, graph, config, planner, dtype, driver):
