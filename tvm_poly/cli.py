@@ -200,6 +200,13 @@ def _print_summary(r, polyinf, args, planner, dtype):
             rows.append(("engine_active_cycles", ", ".join(f"{k} {_fmt_int(v)}" for k, v in eng.items())))
         if "mfu" in r:
             rows.append(("mfu", f"{r['mfu']:.3f}"))
+        ops = sorted(r.get("operators") or [], key=lambda o: -(o.get("hbm_read_bytes", 0) +
+                                                              o.get("hbm_write_bytes", 0)))
+        for o in ops[:5]:
+            rows.append(("top HBM traffic", f"{o['name']}: read {_fmt_int(o.get('hbm_read_bytes', 0))} B, "
+                                            f"write {_fmt_int(o.get('hbm_write_bytes', 0))} B, "
+                                            f"{_fmt_int(o.get('dma_transfer_count', 0))} DMAs, "
+                                            f"MACs {_fmt_int(o.get('macs', 0))}"))
     for n, d in r["outputs"].items():
         rows.append(("output", f"{n} {tuple(d['shape'])} {d['dtype']}"))
     for n, e in (r.get("reference_rel_err") or {}).items():
