@@ -429,6 +429,8 @@ class Emitter:
         # enough pieces for bandwidth (~piece_bytes each) and, for latency-critical medium
         # transfers, up to one piece per queue as long as pieces stay >= 8 KiB
         npieces = max(-(-total // piece_bytes), min(nq, total // self.dma_min_piece), 1)
+        if npieces > nq:  # whole rounds over the queues (equal pieces finish together)
+            npieces = -(-npieces // nq) * nq
         if npieces == 1 or dst.num_partitions != src.num_partitions:
             return [self.dma(dst, src)]
         P = dst.num_partitions
@@ -443,11 +445,13 @@ class Emitter:
         if rest > 1 and dst.sizes[0] == src.sizes[0] and dst.sizes[0] > 1:
             fsplit = min(rest, dst.sizes[0])
         recs = []
-        for p0 in range(0, P, pg):
-            np_ = min(pg, P - p0)
-            step = -(-dst.sizes[0] // fsplit)
-            for f0 in range(0, dst.sizes[0], step):
-                nf = min(step, dst.sizes[0] - f0)
+        step = -(-dst.sizes[0] // fsplit)
+        # free chunks outermost: the first part of every partition row is queued first, so a
+        # consumer of the leading elements (first K-tile of weights, first rows) starts early
+        for f0 in range(0, dst.sizes[0], step):
+            nf = min(step, dst.sizes[0] - f0)
+            for p0 in range(0, P, pg):
+                np_ = min(pg, P - p0)
                 recs.append(self.dma(_sub(dst, p0, np_, f0, nf), _sub(src, p0, np_, f0, nf)))
         return recs
 
