@@ -39,7 +39,10 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="ONNX file or a bundled light model name (default: resnet50)")
     p.add_argument("--target", default="polyinf",
                    help="polyinf (NeuronCore-v2), polyinf/inf1, a hardware config .toml, or llvm")
-    p.add_argument("--planner", default="per-op", help="memory planner (per-op)")
+    from .pipeline import known_planners
+
+    p.add_argument("--planner", default="per-op",
+                   help=f"memory planner: {', '.join(known_planners())} (default per-op)")
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     p.add_argument("--batch", type=int, default=None, help="value of a dynamic batch dimension")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
