@@ -209,3 +209,27 @@ def test_symbolic_batch_runs_on_host_with_reason():
     ex = tvm.compile(frontend.load_onnx(model, batch=2), target="polyinf")
     assert models.rel_err(_run(ex, x["x"]), ref) <= 1e-3
     assert tvm_poly.last_report().to_dict()["segments"] == 1
+
+
+def test_sim_check_switch(tiny, monkeypatch):
+    import target.simulator as sim
+    from tvm_poly import runtime
+    seen = []
+    real = sim.simulate
+
+    def spy(*a, **k):
+        seen.append(k.get("check"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(sim, "simulate", spy)
+    model, x, ref, mod = tiny
+    ex = tvm.compile(mod, target="polyinf")
+    _run(ex, x)
+    runtime.set_sim_check(True)
+    try:
+        assert models.rel_err(_run(ex, x), ref) <= 1e-3
+    finally:
+        runtime.set_sim_check(None)
+    monkeypatch.setenv("TVM_POLY_SIM_CHECK", "1")
+    _run(ex, x)
+    assert seen == [False, True, True]

@@ -5,7 +5,7 @@ Subcommands::
     tvm-poly run [MODEL.onnx | LIGHT_NAME] [--target polyinf|polyinf/inf1|CONFIG.toml]
                  [--planner per-op] [--dtype float32|bfloat16] [--batch N]
                  [--input NAME=FILE.npy ...] [--seed N] [--save-outputs OUT.npz]
-                 [--report OUT.json] [--trace OUT.json] [--reference]
+                 [--report OUT.json] [--trace OUT.json] [--reference] [--check]
     tvm-poly sim ...    (target.sim_cli: run / check a program text on the simulator)
     tvm-poly poly ...   (tvm_poly.poly_cli: the polyhedral model of a model)
 
@@ -53,6 +53,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", metavar="OUT.json", help="write a Chrome/Perfetto timeline")
     p.add_argument("--reference", action="store_true",
                    help="also run onnxruntime and print the relative error of each output")
+    p.add_argument("--check", action="store_true",
+                   help="simulate with the strict checks (uninitialised reads, data races)")
     return p
 
 
@@ -145,11 +147,14 @@ def cmd_run(argv) -> int:
         if not polyinf:
             return _fail("--trace needs a polyinf target")
         runtime.set_trace_path(args.trace)
+    if args.check:
+        runtime.set_sim_check(True)
     t0 = time.perf_counter()
     try:
         res = vm["main"](*[tvm.runtime.tensor(values[n]) for n, _s, _d in specs])
     finally:
         runtime.set_trace_path(None)
+        runtime.set_sim_check(None)
     run_s = time.perf_counter() - t0
     outs = [res] if isinstance(res, tvm.runtime.Tensor) else list(res)
     outputs = {name: o.numpy() for name, o in zip(out_names, outs)}

@@ -143,6 +143,17 @@ def reset_report() -> None:
     _STATE["report"] = None
 
 
+_SIM_CHECK = {"on": None}
+
+
+def set_sim_check(on) -> None:
+    """Run the simulator's strict checks (uninitialised reads, data races) on every
+    segment: True/False, or None for the ``TVM_POLY_SIM_CHECK`` environment variable
+    (default off: the programs are checked by the code generator's tests; the checks cost
+    time on every inference)."""
+    _SIM_CHECK["on"] = on
+
+
 def set_trace_path(path) -> None:
     """Write a Chrome/Perfetto trace of each simulated segment to ``path`` (None: off).
 
@@ -215,7 +226,9 @@ def _simulate(entry: _Entry, values: dict, trace_path=None):
     """Run the program on the simulator: values by HBM name -> (outputs by HBM name, report)."""
     from target.simulator import simulate
 
-    check = os.environ.get("TVM_POLY_SIM_CHECK", "0") not in ("", "0")
+    check = _SIM_CHECK["on"]
+    if check is None:
+        check = os.environ.get("TVM_POLY_SIM_CHECK", "0") not in ("", "0")
     res = simulate(entry.program, entry.config, values, check=check, trace=bool(trace_path))
     if trace_path:
         write_trace(res.trace, trace_path)
@@ -285,4 +298,4 @@ def register() -> None:
 
 
 __all__ = ["Report", "last_report", "reset_report", "register", "run_segment",
-           "set_trace_path"]
+           "set_sim_check", "set_trace_path"]
