@@ -307,6 +307,21 @@ def plots(data, out_dir, timeline=None, traffic_model=None, traffic_planners=("p
     return made
 
 
+def _git_state() -> str:
+    """``<commit>[+dirty]`` of the source tree the numbers come from (empty outside git)."""
+    import subprocess
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no", "--",
+                                "tvm_poly", "target"], capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except Exception:  # noqa: BLE001
+        return ""
+
+
 # ------------------------------------------------------------------ CLI
 def _parser():
     from .models import NAMES
@@ -369,6 +384,7 @@ def main(argv=None) -> int:
     jpath = os.path.join(a.out, "bench.json")
     data = load_results(jpath)
     data["command"] = "tvm-poly bench " + " ".join(argv)
+    data["git"] = _git_state()
     cells = [(m, p, c, d, b) for m in models for b in batches for c in configs for d in dtypes for p in planners]
     keys = [cell_key(*x) for x in cells]
     todo = [x for x, k in zip(cells, keys) if a.force or data["cells"].get(k, {}).get("status") != "ok"]
