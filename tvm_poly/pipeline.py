@@ -527,11 +527,9 @@ def _emit_segment(cp, seg_index, seg_count, bindings, ids, func, host_ops, spec,
 
     # map graph tensor names -> relax expressions visible before the segment
     name_to_expr = {p.name: p for p in func.params}
-    seg_vars = {}
-    for i, b in enumerate(bindings):
+    for b in bindings:
         name_to_expr.setdefault(b.var.name, b.var)
-        if i in set(ids):
-            seg_vars[b.var.name] = b.var
+    seg_vars = {bindings[i].var.name: bindings[i].var for i in ids}
 
     in_exprs = []
     inputs = tuple(cp.inputs) + tuple(getattr(cp, "runtime_weights", ()))

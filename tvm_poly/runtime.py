@@ -18,7 +18,7 @@ from .errors import RuntimeProgramError
 
 _CACHE: dict = {}
 _LOCK = threading.Lock()
-_STATE = {"report": None, "trace": None}
+_STATE = {"report": None}
 _TRACE_SINK = {"path": None}
 _registered = False
 
