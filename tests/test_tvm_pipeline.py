@@ -206,3 +206,36 @@ def test_graph_extraction_failure_runs_on_host_with_report():
     assert rep["segments"] == 0
     assert [h["op"] for h in rep["host_ops"]] == ["relax.nn.relu", "relax.exp"]
     assert all("construct not modelled" in h["reason"] for h in rep["host_ops"])
+
+
+def test_multi_segment_export_fresh_process_with_traces(fake_backend, tmp_path):
+    import subprocess
+    import textwrap
+    ops = ["relu", "exp", "relu", "neg", "relu"]
+    ex = tvm.compile(_module(ops), target="polyinf")
+    assert len(pipeline.last_compile()["segments"]) == 3
+    lib = tmp_path / "multi.so"
+    ex.export_library(str(lib))
+    x = np.random.default_rng(3).standard_normal(SHAPE).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    code = textwrap.dedent(f"""
+        import json, numpy as np, tvm
+        from tvm import relax
+        from tvm_poly import runtime
+        ex = tvm.runtime.load_module({str(lib)!r})
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        runtime.set_trace_path({str(tmp_path / 'trace.json')!r})
+        out = vm["main"](tvm.runtime.tensor(np.load({str(tmp_path / 'x.npy')!r}))).numpy()
+        np.save({str(tmp_path / 'out.npy')!r}, out)
+        print(json.dumps(runtime.last_report().to_dict()))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rep = json.loads(res.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), _ref(ops, x), rtol=1e-6, atol=1e-6)
+    assert rep["segments"] == 3 and len(rep["operators"]) == 3
+    assert [h["op"] for h in rep["host_ops"]] == ["relax.exp", "relax.negative"]
+    assert rep["hbm_read_bytes"] == 3 * int(np.prod(SHAPE)) * 4
+    for name in ("trace.json", "trace.seg1.json", "trace.seg2.json"):
+        assert json.load(open(tmp_path / name))["traceEvents"], name
