@@ -169,7 +169,9 @@ class HazardChecker:
                 continue
             v = self.last_vc[s]
             if v is None:
-                return  # a stream that has not started yet could still race with anything
+                v = self._first_bound(s)
+                if v is None:
+                    return  # a stream with an unconstrained first instruction could race with anything
             minf = list(v) if minf is None else [a if a <= b else b for a, b in zip(minf, v)]
         for pages in self.pages.values():
             for key in list(pages):
@@ -185,6 +187,31 @@ class HazardChecker:
                     pages[key] = keep
                 else:
                     del pages[key]
+
+    def _first_bound(self, s):
+        """Lower bound of the vector clock of stream s's first instruction (not yet committed):
+        the join of its static semaphore predecessors' clocks (or, for a predecessor not yet
+        committed, just that predecessor's own component)."""
+        d0 = self.sim.decoded[s][0]
+        lb = None
+        for sem, v in d0.waits:
+            per = self.sig_pos.get(sem)
+            if not per:
+                continue
+            tot = self.sig_tot[sem]
+            for t, idxs in per.items():
+                k = v - (tot - len(idxs))
+                if k < 1:
+                    continue
+                j = idxs[k - 1]
+                if lb is None:
+                    lb = [0] * self.S
+                other = self.vc[t][j]
+                if other is not None:
+                    lb = [a if a >= b else b for a, b in zip(lb, other)]
+                elif lb[t] < j + 1:
+                    lb[t] = j + 1
+        return lb
 
     def _race(self, e, d, ap, write, mem):
         from .simulator import _text

@@ -293,3 +293,19 @@ def test_accumulation_group_discipline():
     refuse(AccumulationGroupError, [("dma0", (load(),)), ("tensor", (first(True, True), mm(False, True)))], "tensor[1]")
     # a new group over an open one
     refuse(AccumulationGroupError, [("dma0", (load(),)), ("tensor", (first(), mm(True, True)))], "tensor[1]")
+
+
+def test_pruning_waits_for_late_streams():
+    # dma1 starts only at the end (after all vector ops) yet must still see the race with the
+    # first vector instruction's write, even though the checker pruned history meanwhile.
+    src = sbuf_ap(0, 128, 0, (512,))
+    vec = [TensorCopy(sbuf_ap(0, 128, 8192, (512,)), src, waits=(Wait("ld", 1),) if k == 0 else (),
+                      signals=("v",) if k == 0 else ())
+           for k in range(200)]
+    vec += [TensorCopy(sbuf_ap(0, 128, 16384 + 2048 * (k % 4), (512,)), src, signals=("w",)) for k in range(200)]
+    late = DmaCopy(hbm_ap(0, 128, 512, (512,)), sbuf_ap(0, 128, 8192, (512,)), waits=(Wait("ld2", 1),))
+    e = refuse(RaceError, [("dma0", (load(), load(sbuf_ap(0, 128, 40960, (512,)), sig="ld2"))),
+                           ("vector", tuple(vec)), ("dma1", (late,))], "dma1[0]")
+    import re
+    k = int(re.search(r"on sbuf: vector\[(\d+)\]", str(e)).group(1))
+    assert k < 200  # one of the writers of the tile (the latest one when dma1 ran)
