@@ -154,11 +154,11 @@ class Memory:
         v[...] = 1
 
     def read_f32(self, ap: AP) -> np.ndarray:
-        """The AP's elements as a new float32 array of shape ap.shape."""
+        """The AP's elements as float32, shape ap.shape (a read-only use: may be a view)."""
         v = self.view(ap)
         if ap.dtype == "bf16":  # exact widening by bit shift (faster than a dtype cast)
             return (v.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-        return v.astype(np.float32)
+        return v.astype(np.float32, copy=False)  # fp32: a view (callers never write through it)
 
     def written_bytes(self) -> int:
         return int(np.count_nonzero(self.written))

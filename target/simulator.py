@@ -514,7 +514,7 @@ class Simulator:
             src = self.mems[ins.src.mem].view(ins.src)
             dst = self.mems[ins.dst.mem].view(ins.dst)
             if ins.src.dtype == ins.dst.dtype:
-                dst[...] = np.array(src).reshape(dst.shape)
+                dst[...] = (src if ins.src.mem != ins.dst.mem else np.array(src)).reshape(dst.shape)
             else:
                 dst[...] = src.astype(F32).reshape(dst.shape).astype(dst.dtype)
         for ap in d.writes:
