@@ -54,3 +54,12 @@ def test_poly_cli_batch_override(tmp_path, capsys):
     assert f"{3 * 4 * 8 * 8 * 3 * 9:,} MACs" in capsys.readouterr().out
     assert poly_cli.main([path]) == 2  # a symbolic batch needs --batch
     assert capsys.readouterr().err.startswith("error:")
+
+
+def test_poly_cli_one_operator(capsys):
+    assert poly_cli.main(["zfnet512", "--op", "lv1", "--deps"]) == 0
+    out = capsys.readouterr().out
+    assert "op #1 lv1 = conv2d(gpu_0/data_0, lv)" in out
+    assert "op #2 " not in out
+    assert "lv1.pad_temp -> lv1.conv2d_nchw" in out
+    assert poly_cli.main(["zfnet512", "--op", "nope"]) == 2

@@ -1,4 +1,4 @@
-"""``tvm-poly poly MODEL.onnx [--batch N] [--json] [--deps] [--summary]``: the polyhedral model.
+"""``tvm-poly poly MODEL.onnx [--batch N] [--json] [--deps] [--op NAME] [--summary]``.
 
 Prints :meth:`PolyModel.dump` (statements, domains, accesses, schedule, diagnostics; with
 ``--deps`` also the flow dependences), or the JSON view with ``--json``. ``MODEL`` may also be
@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="value of a dynamic batch dimension")
     p.add_argument("--json", action="store_true", help="print the model as JSON")
     p.add_argument("--deps", action="store_true", help="also print the flow dependences")
+    p.add_argument("--op", action="append", default=None, metavar="NAME",
+                   help="only this operator (binding name, e.g. lv16; repeatable)")
     p.add_argument("--summary", action="store_true",
                    help="only the summary line, MACs, compulsory traffic and timings")
     return p
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             steps = ", ".join(f"{k} {v:.2f}s" for k, v in LAST_TIMES.steps.items())
             sys.stdout.write(f"import {t1 - t0:.2f}s, extract {t2 - t1:.2f}s ({steps})\n")
         else:
-            sys.stdout.write(model.dump(deps=args.deps) + "\n")
+            sys.stdout.write(model.dump(deps=args.deps, ops=args.op) + "\n")
         return 0
     except (TvmPolyError, PolyError, FileNotFoundError) as e:
         msg = " ".join(str(e).split())

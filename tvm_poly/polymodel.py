@@ -346,9 +346,13 @@ class PolyModel:
                 f"{len(self.arrays)} arrays, {n_acc} accesses ({n_exact} exact), "
                 f"{self.macs():,} MACs, {len(self.diagnostics)} diagnostics")
 
-    def dump(self, deps: bool = False, max_deps_chars: int = 400) -> str:
+    def dump(self, deps: bool = False, max_deps_chars: int = 400,
+             ops: Iterable[str] | None = None) -> str:
         """Readable text: arrays, operators with their statements (domain, accesses, schedule),
-        diagnostics and (deps=True) the value-based flow dependences between statements."""
+        diagnostics and (deps=True) the value-based flow dependences between statements.
+        ``ops``: only these operators (binding names), their arrays and dependences."""
+        if ops is not None:
+            return self._dump_ops(set(ops), deps, max_deps_chars)
         lines = [self.summary(), ""]
         lines.append(f"inputs: {', '.join(self.inputs)}")
         lines.append(f"outputs: {', '.join(self.outputs)}")
@@ -393,6 +397,40 @@ class PolyModel:
                     if len(txt) > max_deps_chars:
                         txt = txt[:max_deps_chars] + " ..."
                     lines.append(f"  {arr}: {src} -> {dst}  {txt}")
+        return "\n".join(lines)
+
+    def _dump_ops(self, names: set, deps: bool, max_deps_chars: int) -> str:
+        unknown = names - set(self._index["op"])
+        if unknown:
+            raise PolyError(f"unknown operator(s) {', '.join(sorted(unknown))}")
+        full = self.dump(deps=False).split("\n")
+        keep, on = [], False
+        for ln in full:
+            if ln.startswith("op #"):
+                name = next(o.name for o in self.ops if ln.startswith(f"op #{o.index} "))
+                on = name in names
+            elif not ln.startswith("  ") or ln.startswith("  ["):
+                on = False
+            if on:
+                keep.append(ln)
+        lines = [self.summary(), ""] + keep
+        if deps:
+            from tvm_poly.dataflow import flow
+
+            fl = flow(self)
+            lines.append("")
+            lines.append("flow dependences into and out of these operators:")
+            arrays = {a.array for n in names for s in self.statements_of(n)
+                      for a in s.reads + s.writes}
+            for arr in sorted(arrays):
+                for m in map_list_of(fl.dep(arr)):
+                    src = self.name_of(m.get_tuple_name(isl.dim_type.in_))
+                    dst = self.name_of(m.get_tuple_name(isl.dim_type.out))
+                    if self.statement(src).op in names or self.statement(dst).op in names:
+                        txt = str(m)
+                        if len(txt) > max_deps_chars:
+                            txt = txt[:max_deps_chars] + " ..."
+                        lines.append(f"  {arr}: {src} -> {dst}  {txt}")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -449,6 +487,11 @@ def schedule_map(ctx: isl.Context, dom_space: isl.Space, vals) -> isl.Map:
             lst = lst.add(zero.set_constant_val(isl.Val.int_from_si(ctx, v)))
     msp = isl.Space.map_from_domain_and_range(dom_space, isl.Space.set_alloc(ctx, 0, len(vals)))
     return isl.Map.from_multi_aff(isl.MultiAff.from_aff_list(msp, lst))
+
+
+def map_list_of(u: isl.UnionMap) -> list:
+    lst = u.get_map_list()
+    return [lst.get_at(i) for i in range(lst.n_map())]
 
 
 def isl_ident(name: str) -> str:
