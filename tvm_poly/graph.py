@@ -367,7 +367,9 @@ def graph_from_relax(func_or_mod, name: str = "main") -> OpGraph:
         if nm in outs and kind == "intermediate":
             kind = "output"
         final[nm] = TensorInfo(t.name, t.shape, t.dtype, kind, t.value)
-    return OpGraph(tuple(nodes), tuple(final.values()), tuple(inputs), tuple(outs), name)
+    from .graph_fold import fold_constant_affine  # constant per-channel affine chains -> batch_norm
+
+    return fold_constant_affine(OpGraph(tuple(nodes), tuple(final.values()), tuple(inputs), tuple(outs), name))
 
 
 def arg_is_const(e, alias, consts):
