@@ -14,6 +14,10 @@ Definitions (all exact integers unless noted):
   the sum of its instructions' formula costs.
 * ``dma_stall_cycles``: Tensor-engine cycles (2.8 GHz on inf2) during which the Tensor engine sat
   idle waiting on a semaphore whose satisfying signal came from a DMA queue.
+* ``semaphore_wait_cycles``: per compute engine, cycles (own clock) it sat idle between
+  instructions because a semaphore wait was not yet met; ``port_wait_cycles``: idle because of a
+  shared-port conflict (Vector/GpSimd on SBUF, Vector/Scalar on PSUM).  Idle time before an
+  engine's first instruction counts too; idle time after its last does not.
 * ``sbuf_peak_bytes`` / ``psum_peak_bytes``: distinct bytes of SBUF / PSUM ever written (the ISA
   has no allocate/free, so this is the footprint the program's allocation used).
 * ``sbuf_read_bytes`` / ``sbuf_write_bytes``: bytes read/written in SBUF by all instructions.
@@ -66,6 +70,8 @@ class Report:
     dma_queue_active_us: dict
     engine_active_cycles: dict
     dma_stall_cycles: int
+    semaphore_wait_cycles: dict
+    port_wait_cycles: dict
     sbuf_peak_bytes: int
     psum_peak_bytes: int
     sbuf_read_bytes: int
@@ -90,5 +96,7 @@ class Report:
                  f"{self.dma_transfer_count} DMAs, {self.dma_transfer_total_bytes} B, active {self.dma_active_time:.3f} us",
                  f"  MACs {self.macs}, MFU {self.mfu:.3f}, Tensor stall on DMA {self.dma_stall_cycles} cycles",
                  f"  engine active cycles: " + ", ".join(f"{k} {v}" for k, v in self.engine_active_cycles.items()),
+                 f"  semaphore-wait cycles: " + ", ".join(f"{k} {v}" for k, v in self.semaphore_wait_cycles.items())
+                 + "; port-wait: " + ", ".join(f"{k} {v}" for k, v in self.port_wait_cycles.items() if v),
                  f"  SBUF footprint {self.sbuf_peak_bytes} B, PSUM footprint {self.psum_peak_bytes} B"]
         return "\n".join(lines)

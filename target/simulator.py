@@ -608,10 +608,14 @@ class Simulator:
             busy_end = start + d.busy
             done = start + d.done
             free_before = free[s]
-            if s == tensor_s:
-                gap = start - free[s]
-                if gap > 0 and bind_src is not None and is_dma[bind_src[2]] and bind_t >= start:
-                    stats.stall(d, gap // self.tps["tensor"])
+            gap = start - free_before
+            if gap > 0 and not is_dma[s]:
+                if bind_src is not None and bind_t >= start:
+                    stats.sem_wait[names[s]] += gap // self.tps[names[s]]
+                    if s == tensor_s and is_dma[bind_src[2]]:
+                        stats.stall(d, gap // self.tps["tensor"])
+                else:
+                    stats.port_wait[names[s]] += gap // self.tps[names[s]]
             free[s] = busy_end
             for p in d.ports:
                 port_free[p] = busy_end
@@ -677,6 +681,8 @@ class _Stats:
         self.names = names
         self.tags: dict[str, dict] = {}
         self.eng = {e: 0 for e in ENGINES}
+        self.sem_wait = {e: 0 for e in ENGINES}
+        self.port_wait = {e: 0 for e in ENGINES}
         self.dma_intervals: dict[str, list] = {}
         self.tot = {k: 0 for k in ("hbm_read_bytes", "hbm_write_bytes", "dma_transfer_count",
                                    "dma_transfer_total_bytes", "sbuf_read_bytes", "sbuf_write_bytes",
@@ -756,7 +762,8 @@ class _Stats:
             dma_transfer_average_bytes=(tot["dma_transfer_total_bytes"] / tot["dma_transfer_count"]
                                         if tot["dma_transfer_count"] else 0.0),
             dma_active_time=us(union), dma_queue_active_us=qus, engine_active_cycles=dict(self.eng),
-            dma_stall_cycles=tot["dma_stall_cycles"], sbuf_peak_bytes=sim.sbuf.written_bytes(),
+            dma_stall_cycles=tot["dma_stall_cycles"], semaphore_wait_cycles=dict(self.sem_wait),
+            port_wait_cycles=dict(self.port_wait), sbuf_peak_bytes=sim.sbuf.written_bytes(),
             psum_peak_bytes=sim.psum.written_bytes(), sbuf_read_bytes=tot["sbuf_read_bytes"],
             sbuf_write_bytes=tot["sbuf_write_bytes"], macs=tot["macs"],
             mfu=(tot["macs"] / (cfg.pe_rows * cfg.pe_cols * tensor_cycles) if tensor_cycles else 0.0),

@@ -156,3 +156,7 @@ def test_dma_stall_cycles_count_tensor_idle_waiting_on_a_dma():
     res = simulate(p, CFG, {"x": np.ones((K, 512))})
     assert res.report.dma_stall_cycles == dma_ticks(ld, CFG) // CFG.ticks_per_cycle("tensor")
     assert res.report.per_tag[""].dma_stall_cycles == res.report.dma_stall_cycles
+    assert res.report.semaphore_wait_cycles["tensor"] == res.report.dma_stall_cycles
+    # the scalar engine waited for the DMA and then the matmul (+ its fixed access latency)
+    sc_start = [a for s_, i, a, b, d in res.timeline if p.streams[s_][0] == "scalar"][0]
+    assert res.report.semaphore_wait_cycles["scalar"] == sc_start // CFG.ticks_per_cycle("scalar")
