@@ -67,7 +67,7 @@ def channel_window(em: Emitter, x: Value, out: Value, B: np.ndarray, size: int, 
     bconst = const(f"{name}/band", B, cdt)
     band = em.sbuf_tile(min(P, C), T * C * it, cdt, f"{name}_band")
     for i, (d0, nd) in enumerate(tiles):
-        em.dma(band.ap((C,), elem_offset=i * C, partitions=nd), bconst.flat_ap(d0 * C, nd, C, (C,), (1,)))
+        em.dma_split(band.ap((C,), elem_offset=i * C, partitions=nd), bconst.flat_ap(d0 * C, nd, C, (C,), (1,)))
     nbuf_per = (2 if mode == "lrn" else 1) + 1  # x (+ square) + out per channel tile
     budget = max(MM * it, em.sbuf.largest_free() // 2)
     fch = max(MM, min(CHUNK_BYTES // it, budget // max(1, T * nbuf_per * BUFS * it)))
@@ -77,8 +77,8 @@ def channel_window(em: Emitter, x: Value, out: Value, B: np.ndarray, size: int, 
     qpool = [em.pool("sbuf", nc, fch * it, cdt, BUFS, f"{name}_q{t}") for t, (c0, nc) in enumerate(tiles)] \
         if mode == "lrn" else None
     opool = [em.pool("sbuf", nc, fch * it, cdt, BUFS, f"{name}_o{t}") for t, (c0, nc) in enumerate(tiles)]
-    tpool = em.pool("sbuf", min(P, C), MM * 4, "fp32", BUFS, f"{name}_t")
-    ppool = em.pool("psum", min(P, C), MM * 4, "fp32", 2, f"{name}_ps")
+    tpool = em.pool("sbuf", min(P, C), MM * 4, "fp32", 3, f"{name}_t")
+    ppool = em.pool("psum", min(P, C), MM * 4, "fp32", 4, f"{name}_ps")
     steps = [(n, f0, min(fch, F - f0)) for n in range(N) for f0 in range(0, F, fch)]
 
     def load(step):
@@ -95,26 +95,26 @@ def channel_window(em: Emitter, x: Value, out: Value, B: np.ndarray, size: int, 
         n, f0, nf = step
         xs = nxt
         nxt = load(steps[si + 1]) if si + 1 < len(steps) else None
+        ots = [opool[j].next() for j in range(T)]
+        qs = [qpool[t].next() for t in range(T)] if mode == "lrn" else None
+        # squares of the whole chunk first (the PE array runs ahead), then per PSUM bank:
+        # window matmul -> log/exp -> multiply, so the engines pipeline inside a load chunk
         if mode == "lrn":
-            mv = []
             for t, (c0, nc) in enumerate(tiles):
-                q = qpool[t].next().ap((nf,), partitions=nc)
-                em.act(q, xs[t], func="square")
-                mv.append(q)
+                em.act(qs[t].ap((nf,), partitions=nc), xs[t], func="square")
+            mv = [qs[t].ap((fch,), partitions=nc) for t, (c0, nc) in enumerate(tiles)]
         else:
             mv = xs
-        for j, (c0, nc) in enumerate(tiles):
-            ot = opool[j].next()
-            for m0 in range(0, nf, MM):
-                mm = min(MM, nf - m0)
+        for m0 in range(0, nf, MM):
+            mm = min(MM, nf - m0)
+            for j, (c0, nc) in enumerate(tiles):
                 ps = ppool.next().ap((mm,), partitions=nc)
                 rs = reach[j]
                 for k, i in enumerate(rs):
                     d0, nd = tiles[i]
                     em.matmul(ps, band.ap((nc,), elem_offset=i * C + c0, partitions=nd),
-                              _sub(mv[i], m0, mm, nd),
-                              start=(k == 0), stop=(k == len(rs) - 1))
-                o = ot.ap((mm,), elem_offset=m0, partitions=nc)
+                              _sub(mv[i], m0, mm, nd), start=(k == 0), stop=(k == len(rs) - 1))
+                o = ots[j].ap((mm,), elem_offset=m0, partitions=nc)
                 if mode == "lrn":
                     tt = tpool.next().ap((mm,), partitions=nc)
                     em.act(tt, ps, func="log", scale=float(alpha), bias=float(bias))
@@ -122,8 +122,9 @@ def channel_window(em: Emitter, x: Value, out: Value, B: np.ndarray, size: int, 
                     em.tt(o, _sub(xs[j], m0, mm, nc), tt, op="multiply")
                 else:
                     em.copy(o, ps)
+        for j, (c0, nc) in enumerate(tiles):
             em.dma_split(out.chan_ap(n, c0, nc, f0, (nf,), (1,), channel_axis=channel_axis),
-                         ot.ap((nf,), partitions=nc))
+                         ots[j].ap((nf,), partitions=nc))
     for pl in xpool + (qpool or []) + opool + [tpool, ppool]:
         pl.release()
     em.free(band)
