@@ -22,6 +22,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     tiny = d / "tiny.onnx"
     onnx.save(_onnx_tiny.tiny_cnn(seed=5), str(tiny))
+    onnx.save(_onnx_tiny.tiny_cnn(seed=5, batch=2), str(d / "tiny2.onnx"))
     dyn = d / "dyn.onnx"
     onnx.save(_onnx_tiny.tiny_cnn(seed=5, dynamic_batch=True), str(dyn))
     data = tiny.read_bytes()
@@ -116,7 +117,7 @@ BAD = [
     (["run", "{d}/missing.onnx"], "not found"),
     (["run", "{d}/unsup.onnx"], "unsupported ONNX operator.*Celu"),
     (["run", "{d}/dyn.onnx"], "dynamic batch.*--batch"),
-    (["run", "{d}/tiny.onnx", "--batch", "3"], "fixed batch 1"),
+    (["run", "{d}/tiny2.onnx", "--batch", "3"], "fixed batch 2"),
     (["run", "{d}/tiny.onnx", "--batch", "zero"], "invalid int"),
     (["run", "{d}/tiny.onnx", "--input", "x={d}/x_shape.npy"], r"shape \(1, 3, 8, 16\)"),
     (["run", "{d}/tiny.onnx", "--input", "x={d}/x_dtype.npy"], "dtype float64"),
@@ -201,3 +202,13 @@ def test_console_script_bad_model_exit_code(tmp_path):
     assert res.returncode == 2
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: malformed")
+
+
+def test_run_rebatches_a_batch1_model(files, capsys, tmp_path):
+    rep, outs = tmp_path / "r.json", tmp_path / "o.npz"
+    rc, out, err = run(["run", str(files / "tiny.onnx"), "--batch", "4", "--report", str(rep),
+                        "--save-outputs", str(outs), "--reference"], capsys)
+    assert rc == 0, err
+    r = json.loads(rep.read_text())
+    assert r["inputs"]["x"]["shape"] == [4, 3, 16, 16] and r["host_ops"] == []
+    assert np.load(outs)["y"].shape == (4, 10) and r["reference_rel_err"]["y"] <= 1e-3

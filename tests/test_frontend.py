@@ -68,9 +68,30 @@ def test_dynamic_batch_needs_batch():
         frontend.load_onnx(m, batch=0)
 
 
-def test_fixed_batch_cannot_be_changed():
-    with pytest.raises(DynamicShapeError, match="fixed batch 1"):
-        frontend.load_onnx(_onnx_tiny.tiny_cnn(), batch=4)
+def test_fixed_batch_other_than_1_cannot_be_changed():
+    with pytest.raises(DynamicShapeError, match="fixed batch 2"):
+        frontend.load_onnx(_onnx_tiny.tiny_cnn(batch=2), batch=4)
+    mod = frontend.load_onnx(_onnx_tiny.tiny_cnn(batch=2), batch=2)
+    assert int(mod["main"].params[0].ty.shape.values[0]) == 2
+
+
+@pytest.mark.parametrize("name", ["shufflenet", "bvlc_alexnet"])
+def test_rebatch_batch1_model(name):
+    """--batch N on a fixed batch-1 model: inputs re-batched and Reshape constants follow
+    (ShuffleNet's channel shuffles, AlexNet's flatten); sample i of the batch equals the
+    batch-1 model on sample i."""
+    m1 = models.light_model(name, logits=True)
+    m3 = frontend.with_batch(m1, 3)
+    onnx.checker.check_model(m3)
+    assert models.input_specs(m3)[0][1][0] == 3
+    x = models.random_inputs(m3, seed=0)
+    (k, r3), = models.reference_outputs(m3, x).items()
+    (_, r1), = models.reference_outputs(m1, {n: v[2:3] for n, v in x.items()}).items()
+    assert r3.shape[0] == 3
+    np.testing.assert_allclose(r3[2:3], r1, rtol=1e-5, atol=1e-5)
+    assert frontend.with_batch(m1, 1) is m1
+    mod = frontend.load_onnx(m1, batch=3)
+    assert int(mod["main"].params[0].ty.shape.values[0]) == 3
 
 
 def test_other_dynamic_dims_need_shape():

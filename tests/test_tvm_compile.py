@@ -233,3 +233,37 @@ def test_sim_check_switch(tiny, monkeypatch):
     monkeypatch.setenv("TVM_POLY_SIM_CHECK", "1")
     _run(ex, x)
     assert seen == [False, True, True]
+
+
+def _conv_model(n, c, k, h, stride=1, pad=1, ks=3):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((k, c, ks, ks)) * np.sqrt(2 / (c * ks * ks))).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[ks, ks], strides=[stride] * 2,
+                          pads=[pad] * 4)], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, c, h, h])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, k, (h + 2 * pad - ks) // stride + 1,
+                                                                (h + 2 * pad - ks) // stride + 1])],
+        [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("c", [
+    256,
+    pytest.param(512, marks=pytest.mark.xfail(strict=True, reason=(
+        "codegen bug found by the batch>1 path: 3x3 conv with 512 channels computes sample 1 "
+        "of batch 2 wrong (rel err 0.7); ResNet-50 --batch 2 gives 0.34 on sample 1"))),
+])
+def test_batch2_conv_every_sample(c):
+    model = _conv_model(2, c, c, 8)
+    x = models.random_inputs(model, seed=0)
+    ref = models.reference_outputs(model, x)["y"]
+    ex = tvm.compile(frontend.load_onnx(model), target="polyinf")
+    out = _run(ex, x["x"])
+    assert tvm_poly.last_report().to_dict()["segments"] == 1
+    for i in range(2):
+        assert models.rel_err(out[i], ref[i]) <= 1e-3, f"sample {i}"

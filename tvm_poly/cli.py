@@ -97,7 +97,7 @@ def cmd_run(argv) -> int:
     import numpy as np
 
     from . import models
-    from .frontend import load_onnx, model_io, read_onnx, validate_inputs
+    from .frontend import load_onnx, model_io, read_onnx, validate_inputs, with_batch
     from .pipeline import check_dtype, check_planner, options
     from .targets import is_polyinf, parse_target
 
@@ -114,6 +114,7 @@ def cmd_run(argv) -> int:
     else:
         model = read_onnx(args.model)
         model_desc = args.model
+    model = with_batch(model, args.batch)
     specs, out_names = model_io(model, batch=args.batch)
     shapes = {n: s for n, s, _d in specs}
     values = validate_inputs(specs, given, allow_missing=True)

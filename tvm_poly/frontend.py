@@ -2,7 +2,8 @@
 
 * malformed / truncated files -> :class:`ModelError` naming the file;
 * symbolic or unknown input dimensions without ``batch``/``shape`` ->
-  :class:`DynamicShapeError` naming the input and dimension;
+  :class:`DynamicShapeError` naming the input and dimension; ``batch`` on a fixed
+  batch-1 model re-batches it (:func:`with_batch`);
 * operators the ONNX importer does not know -> :class:`UnsupportedOperatorError`
   listing them by name (operators the NeuronCore cannot run are *not* an error:
   they stay on the host);
@@ -100,13 +101,51 @@ def input_shapes(model, batch: int | None = None, shape: dict | None = None) -> 
             dims[0] = batch
         elif batch is not None and dims and dims[0] != batch:
             raise DynamicShapeError(
-                f"input {vi.name!r} has fixed batch {dims[0]}; --batch {batch} cannot change it")
+                f"input {vi.name!r} has fixed batch {dims[0]}; --batch {batch} cannot change it"
+                + (" (only batch-1 models are re-batched)" if dims[0] != 1 else ""))
         rest = [d for d in dims if not isinstance(d, int)]
         if rest:
             raise DynamicShapeError(
                 f"input {vi.name!r} has dynamic dimension(s) {rest} (shape {dims}); give shape=")
         out[vi.name] = tuple(dims)
     return out
+
+
+def with_batch(model, batch: int):
+    """A copy of a fixed batch-1 model re-batched to ``batch``.
+
+    The leading dimension of every real input and output becomes ``batch`` (value_info
+    is dropped: the importer infers it); ``Reshape`` shape constants whose leading entry
+    is the old batch 1 get ``0`` there ("copy the input's dimension", ONNX semantics), so the
+    classifier's flatten and ShuffleNet's channel shuffles follow the batch.  Models whose
+    inputs are not all batch 1 are returned unchanged (``input_shapes`` then reports them)."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    real = [i for i in model.graph.input if i.name not in inits]
+    if batch is None or batch == 1 or not real or any(
+            not i.type.tensor_type.shape.dim or _dims(i)[0] != 1 for i in real):
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    for i in g.input:
+        if i.name not in inits:
+            i.type.tensor_type.shape.dim[0].dim_value = int(batch)
+    for o in g.output:
+        dims = o.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1:
+            dims[0].dim_value = int(batch)
+    del g.value_info[:]
+    shape_inputs = {n.input[1] for n in g.node if n.op_type == "Reshape" and len(n.input) > 1}
+    minits = {t.name: t for t in g.initializer}
+    for name in shape_inputs & set(minits):
+        arr = numpy_helper.to_array(minits[name]).copy()
+        if arr.ndim == 1 and arr.size > 1 and arr[0] == 1:
+            arr[0] = 0
+            minits[name].CopyFrom(numpy_helper.from_array(arr, name))
+    return m
 
 
 def _check_ops(model):
@@ -127,7 +166,7 @@ def load_onnx(path_or_model, batch: int | None = None, shape: dict | None = None
 
     The inputs of ``main`` are the model's real inputs, in ONNX order; weights become
     Relax constants (or trailing parameters with ``keep_params_in_input=True``)."""
-    model = read_onnx(path_or_model)
+    model = with_batch(read_onnx(path_or_model), batch)
     shapes = input_shapes(model, batch, shape)
     _check_ops(model)
     from tvm.relax.frontend.onnx import from_onnx
@@ -186,4 +225,4 @@ def model_io(model, batch=None, shape=None):
     return specs, output_names(model)
 
 
-__all__ = ["read_onnx", "input_shapes", "load_onnx", "validate_inputs", "model_io"]
+__all__ = ["read_onnx", "with_batch", "input_shapes", "load_onnx", "validate_inputs", "model_io"]
