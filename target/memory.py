@@ -162,3 +162,77 @@ class Memory:
 
     def written_bytes(self) -> int:
         return int(np.count_nonzero(self.written))
+
+
+class LiveBytes:
+    """Peak live bytes of an on-chip memory, at ``granule``-byte granularity per partition.
+
+    A granule becomes live when an instruction writes it (at that instruction's start) and stays
+    live until the last read of that value ends (a value never read is live only at its write);
+    operands are taken by their bounding box (partition range x byte range).  The peak of the sum
+    over time is the memory's peak live footprint -- what an allocator that gives a tile its space
+    at the first write and frees it after the last read (NKI's linear scan) needs at least.
+    """
+
+    def __init__(self, rows: int, row_bytes: int, granule: int = 64):
+        self.g = granule
+        n = -(-row_bytes // granule)
+        self.lw = np.full((rows, n), -1, dtype=np.int64)  # start tick of the live value's write
+        self.lr = np.full((rows, n), -1, dtype=np.int64)  # end tick of its last read so far
+        self.ev_t: list = []
+        self.ev_c: list = []
+
+    def _box(self, ap: AP):
+        lo, hi = ap_extent(ap)
+        return (slice(ap.start_partition, ap.start_partition + ap.num_partitions),
+                slice(lo // self.g, -(-hi // self.g)))
+
+    def read(self, ap: AP, end: int) -> None:
+        b = self._box(ap)
+        np.maximum(self.lr[b], end, out=self.lr[b])
+
+    def _retire(self, lw: np.ndarray, lr: np.ndarray) -> None:
+        amin = lw.min()
+        if amin == lw.max():  # usual case: one value written by one instruction
+            if amin < 0:
+                return
+            emin, emax = lr.min(), lr.max()
+            if emin == emax:
+                self.ev_t.append(np.array([[amin], [max(emin, amin)]], dtype=np.int64))
+                self.ev_c.append(np.array([lw.size], dtype=np.int64))
+                return
+        m = lw >= 0
+        if not m.any():
+            return
+        a = lw[m]
+        e = np.maximum(lr[m], a)
+        order = np.lexsort((e, a))
+        a, e = a[order], e[order]
+        brk = np.flatnonzero((a[1:] != a[:-1]) | (e[1:] != e[:-1])) + 1
+        starts = np.concatenate([[0], brk])
+        cnt = np.diff(np.concatenate([starts, [a.size]]))
+        self.ev_t.append(np.stack([a[starts], e[starts]]))
+        self.ev_c.append(cnt)
+
+    def write(self, ap: AP, start: int) -> None:
+        b = self._box(ap)
+        self._retire(self.lw[b], self.lr[b])
+        self.lw[b] = start
+        self.lr[b] = -1
+
+    def peak_bytes(self) -> int:
+        self._retire(self.lw, self.lr)
+        self.lw[...] = -1
+        if not self.ev_t:
+            return 0
+        pairs = np.concatenate(self.ev_t, axis=1)
+        cnt = np.concatenate(self.ev_c)
+        # +cnt at the write's start, -cnt just after the last read ends ([start, end] inclusive)
+        t = np.concatenate([pairs[0] * 2 + 1, pairs[1] * 2 + 2])
+        d = np.concatenate([cnt, -cnt])
+        order = np.argsort(t, kind="stable")
+        t, d = t[order], d[order]
+        # apply all deltas at one instant before taking the running maximum
+        uniq, idx = np.unique(t, return_index=True)
+        sums = np.add.reduceat(d, idx)
+        return int(np.cumsum(sums).max()) * self.g

@@ -18,8 +18,12 @@ Definitions (all exact integers unless noted):
   instructions because a semaphore wait was not yet met; ``port_wait_cycles``: idle because of a
   shared-port conflict (Vector/GpSimd on SBUF, Vector/Scalar on PSUM).  Idle time before an
   engine's first instruction counts too; idle time after its last does not.
-* ``sbuf_peak_bytes`` / ``psum_peak_bytes``: distinct bytes of SBUF / PSUM ever written (the ISA
-  has no allocate/free, so this is the footprint the program's allocation used).
+* ``sbuf_peak_bytes`` / ``psum_peak_bytes``: peak *live* bytes over time, at 64-byte granularity
+  per partition: a granule is live from the start of the instruction that writes it until the
+  end of the last read of that value (operands by bounding box); see ``memory.LiveBytes``.  This
+  is what a first-write-to-last-read allocator needs at least.
+* ``sbuf_footprint_bytes`` / ``psum_footprint_bytes``: distinct bytes ever written (the address
+  range the program's allocation touched; the ISA has no allocate/free).
 * ``sbuf_read_bytes`` / ``sbuf_write_bytes``: bytes read/written in SBUF by all instructions.
 * ``macs``: sum of K*M*N over matmuls; ``num_instructions``.
 * ``mfu``: macs / (pe_rows * pe_cols * Tensor-engine cycles of the whole latency).
@@ -74,6 +78,8 @@ class Report:
     port_wait_cycles: dict
     sbuf_peak_bytes: int
     psum_peak_bytes: int
+    sbuf_footprint_bytes: int
+    psum_footprint_bytes: int
     sbuf_read_bytes: int
     sbuf_write_bytes: int
     macs: int
@@ -98,5 +104,6 @@ class Report:
                  f"  engine active cycles: " + ", ".join(f"{k} {v}" for k, v in self.engine_active_cycles.items()),
                  f"  semaphore-wait cycles: " + ", ".join(f"{k} {v}" for k, v in self.semaphore_wait_cycles.items())
                  + "; port-wait: " + ", ".join(f"{k} {v}" for k, v in self.port_wait_cycles.items() if v),
-                 f"  SBUF footprint {self.sbuf_peak_bytes} B, PSUM footprint {self.psum_peak_bytes} B"]
+                 f"  SBUF peak live {self.sbuf_peak_bytes} B (footprint {self.sbuf_footprint_bytes} B), "
+                 f"PSUM peak live {self.psum_peak_bytes} B (footprint {self.psum_footprint_bytes} B)"]
         return "\n".join(lines)

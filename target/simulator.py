@@ -40,7 +40,7 @@ from .errors import (AccumulationGroupError, AddressError, BindingError, Deadloc
 from .isa import (ACT_FUNCS, ALLOWED, ALU_OPS, AP, ENGINES, Activation, DmaCopy, Iota, MatMul, Mem,
                   Memset, Program, TensorCopy, TensorReduce, TensorScalar, TensorTensor, Transpose,
                   is_dma_stream)
-from .memory import NP_DTYPES, Memory
+from .memory import NP_DTYPES, LiveBytes, Memory
 from .report import Report, TagReport
 
 F32 = np.float32
@@ -541,6 +541,9 @@ class Simulator:
         timeline = []
         end_tick = 0
         stats = _Stats(cfg, names)
+        live = {Mem.SBUF: LiveBytes(self.sbuf.rows, self.sbuf.row_bytes),
+                Mem.PSUM: LiveBytes(self.psum.rows, self.psum.row_bytes)}
+        self.live = live
         tensor_s = names.index("tensor") if "tensor" in names else -1
 
         def compute(s):
@@ -625,6 +628,14 @@ class Simulator:
                 bisect.insort(sem_times.setdefault(sem, []), (done, seq, s, d.i))
                 dirty |= waiting_on.get(sem, set())
             stats.add(d, start, busy_end, done)
+            for ap in d.reads:
+                lv = live.get(ap.mem)
+                if lv is not None:
+                    lv.read(ap, done)
+            for ap in d.writes:
+                lv = live.get(ap.mem)
+                if lv is not None:
+                    lv.write(ap, start)
             timeline.append((s, d.i, start, busy_end, done))
             if self.want_trace and bind_src is not None and bind_t >= free_before:
                 self.flows.append((bind_src[2], bind_src[3], s, d.i))
@@ -763,8 +774,9 @@ class _Stats:
                                         if tot["dma_transfer_count"] else 0.0),
             dma_active_time=us(union), dma_queue_active_us=qus, engine_active_cycles=dict(self.eng),
             dma_stall_cycles=tot["dma_stall_cycles"], semaphore_wait_cycles=dict(self.sem_wait),
-            port_wait_cycles=dict(self.port_wait), sbuf_peak_bytes=sim.sbuf.written_bytes(),
-            psum_peak_bytes=sim.psum.written_bytes(), sbuf_read_bytes=tot["sbuf_read_bytes"],
+            port_wait_cycles=dict(self.port_wait), sbuf_peak_bytes=sim.live[Mem.SBUF].peak_bytes(),
+            psum_peak_bytes=sim.live[Mem.PSUM].peak_bytes(), sbuf_footprint_bytes=sim.sbuf.written_bytes(),
+            psum_footprint_bytes=sim.psum.written_bytes(), sbuf_read_bytes=tot["sbuf_read_bytes"],
             sbuf_write_bytes=tot["sbuf_write_bytes"], macs=tot["macs"],
             mfu=(tot["macs"] / (cfg.pe_rows * cfg.pe_cols * tensor_cycles) if tensor_cycles else 0.0),
             mbu=(hbm_bytes / (end_tick / tick_hz) / (cfg.hbm_bandwidth_gbps * 1e9) if end_tick else 0.0),

@@ -160,3 +160,21 @@ def test_dma_stall_cycles_count_tensor_idle_waiting_on_a_dma():
     # the scalar engine waited for the DMA and then the matmul (+ its fixed access latency)
     sc_start = [a for s_, i, a, b, d in res.timeline if p.streams[s_][0] == "scalar"][0]
     assert res.report.semaphore_wait_cycles["scalar"] == sc_start // CFG.ticks_per_cycle("scalar")
+
+
+def test_sbuf_peak_live_bytes_vs_footprint():
+    T = lambda off: sbuf_ap(0, 128, off, (512,))
+    x = HbmTensor("x", 0, (128, 512), "fp32", "input")
+    y = HbmTensor("y", x.nbytes, (128, 512), "fp32", "output")
+    z = HbmTensor("z", 2 * x.nbytes, (128, 512), "fp32", "output")
+    hx, hy, hz = (hbm_ap(t.offset, 128, 512, (512,)) for t in (x, y, z))
+    p = Program((x, y, z), (
+        ("dma0", (DmaCopy(T(0), hx, signals=("a",)), DmaCopy(T(4096), hx, waits=(Wait("s", 1),), signals=("c",)))),
+        ("vector", (TensorCopy(T(2048), T(0), waits=(Wait("a", 1),), signals=("b",)),)),
+        ("dma1", (DmaCopy(hy, T(2048), waits=(Wait("b", 1),), signals=("s",)),
+                  DmaCopy(hz, T(4096), waits=(Wait("c", 1),)))),
+    ))
+    rep = simulate(p, CFG, {"x": np.ones((128, 512), np.float32)}).report
+    assert rep.sbuf_footprint_bytes == 3 * 128 * 2048
+    assert rep.sbuf_peak_bytes == 2 * 128 * 2048  # A and B live together; C only after both died
+    assert rep.psum_peak_bytes == 0
