@@ -364,7 +364,13 @@ def tune_plan(graph, plan, config, dtype: str, options: TuneOptions = None, log=
             if _accepts_task_name():
                 kw["task_name"] = key
             import tempfile
-            with tempfile.TemporaryDirectory(prefix="polyinf-ms-") as logs:  # logs only
+            import contextlib
+            import io
+
+            # MetaSchedule logs per-task tables to stdout (its console handler binds sys.stdout
+            # when tune_tir starts): keep them out of our output; its log files go to a temp dir
+            with tempfile.TemporaryDirectory(prefix="polyinf-ms-") as logs, \
+                    contextlib.redirect_stdout(io.StringIO()):
                 ms.tune_tir(mod, target, logs, **kw)
             if log:
                 log(f"tuned {key} ({len(w.groups)} kernels) in {time.perf_counter() - t0:.1f} s")
