@@ -218,6 +218,10 @@ def config_from_dict(data: dict, source: str = "<dict>") -> HardwareConfig:
     assumed = data.get("assumed", [])
     if not isinstance(assumed, list) or not all(isinstance(a, str) for a in assumed):
         _fail(source, "assumed must be a list of strings")
+    known = {f"{sec}.{key}" for sec, key, _, _ in _SCHEMA} | {"dma.efficiency_curve"}
+    for a in assumed:
+        if a not in known:
+            _fail(source, f"assumed lists {a!r}, which is not a config field (expected section.field)")
     parts = vals[("memory", "sbuf_partitions")]
     sbuf = vals[("memory", "sbuf_bytes")]
     if sbuf % parts:

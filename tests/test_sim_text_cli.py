@@ -109,6 +109,7 @@ def _cfg_dict():
     (lambda d: d["memory"].__setitem__("psum_banks", 7), "not divisible"),
     (lambda d: d["engines"].__setitem__("pe_rows", "128"), "must be an integer"),
     (lambda d: d["dma"].__setitem__("efficiency_curve", [[512, 0.5], [256, 0.9]]), "increasing"),
+    (lambda d: d.__setitem__("assumed", ["memory.sbuf_kib"]), "not a config field"),
 ])
 def test_config_validation(edit, msg):
     d = _cfg_dict()
