@@ -87,6 +87,13 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             wd[g * Kg:(g + 1) * Kg, g * Cg:(g + 1) * Cg] = w[g * Kg:(g + 1) * Kg]
         w = wd
     packed = groups == 1 and C < 16 and R * S > 1
+    stage = None
+    if packed and x.sbuf is None and N == 1 and R * S >= 2 * sh * sw and \
+            H * W * it <= 0.7 * em.sbuf.largest_free():
+        # load once: the im2col DMAs read each input element ~R*S/(sh*sw) times; bring the image
+        # in with one DMA (one channel per partition) and let them copy SBUF->SBUF
+        stage = em.sbuf_tile(C, H * W * it, cdt, "conv_stage")
+        em.dma_split(stage.ap((H * W,)), x.flat_ap(0, C, H * W, (H * W,), (1,)))
     km = ChanMap(K, P)
     res_in, res_out = x.sbuf is not None, out.sbuf is not None  # SBUF-resident operands
     Mk = km.parts
@@ -305,6 +312,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                     ih = (oh0 + t_lo) * sh + r - pt
                     iw = u_lo + s - pl
                     em.dma_split(tq.ap((t_hi - t_lo, u_hi - u_lo), (Wu, 1), t_lo * Wu + u_lo, partitions=k, start=i),
+                                 stage.ap((k, t_hi - t_lo, u_hi - u_lo), (W, sh * W, 1), ih * W + iw, partitions=1, start=c)
+                                 if stage is not None else
                                  x.flat_ap((n * C + c) * H * W + ih * W + iw, k, W, (t_hi - t_lo, u_hi - u_lo), (sh * W, 1)))
 
             def mov(blk, t0, nr, ow0, nw):
@@ -447,6 +456,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             pad_pool.release()
     if cols is not None:
         em.free(cols)
+    if stage is not None:
+        em.free(stage)
 
 
 def _rel(tile, ap) -> int:

@@ -109,6 +109,8 @@ def _scratch_need(graph, g, it, size) -> int:
         pad = tuple(node.attr("padding", (0, 0, 0, 0)))
         padb = CT * (H + 2 * max(pad or (0,))) * (W + 2 * max(pad or (0,))) * it if any(pad) else 0
         need = 3 * w + padb + 16384
+        if groups == 1 and C < 16 and R * S > 1 and N == 1 and H * W * it <= 0.6 * size:
+            need += H * W * it  # the packed stem stages its input once (conv2d "load once")
     elif g.kind == "elementwise":
         need = 3 * 16384 * (len(g.inputs) + 1)
     else:
