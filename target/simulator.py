@@ -48,12 +48,22 @@ F32 = np.float32
 
 @dataclass
 class SimResult:
+    """``outputs``: output HbmTensor name -> array (tensor shape and dtype); ``report``;
+    ``trace``: Chrome trace events (``trace=True``); ``timeline``: one tuple per instruction in
+    commit order, ``(stream index into program.streams, instruction index, start tick, busy-end
+    tick, done tick)`` -- busy-end is when the engine/queue is free again, done when results and
+    signals are visible (busy-end + fixed access latency on compute engines).  A tick is
+    ``tick_us`` microseconds."""
     outputs: dict
     report: Report
     trace: list | None = None
     config: HardwareConfig | None = None
     program: Program | None = None
     timeline: list = field(default_factory=list)  # (stream, index, start_tick, end_tick, done_tick)
+
+    @property
+    def tick_us(self) -> float:
+        return 1e3 / self.config.tick_khz
 
 
 def _text(ins) -> str:
