@@ -109,3 +109,10 @@ def test_tap_packing_fills_pe_rows(C, ws, pad, stride, dtype):
     assert err <= TOL[dtype], err
     mms = cp.program.stream("tensor")
     assert max(m.stationary.num_partitions for m in mms) > C  # two taps share one matmul
+
+
+def test_weights_streamed_in_k_groups_over_several_bands():
+    """512x512x3x3 fp32 weights (9.4 MB) do not fit next to the input: K-groups stream through
+    two buffers while the input is pipelined in row bands (regression: wrong buffer reuse)."""
+    err, cp, rep = run_conv((1, 512, 16, 16), (512, 512, 3, 3), (1, 1), (1, 1, 1, 1), 1, bias=True, relu=True)
+    assert err <= 1e-5, err

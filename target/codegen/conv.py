@@ -39,6 +39,11 @@ class ChanMap:
             self.T, self.parts, self.blocked = 1, C, False
         elif C % P == 0 and not cyclic:  # cyclic: the SBUF-resident layout (c % P, c // P)
             self.T, self.parts, self.blocked = C // P, P, True
+        elif not cyclic and any(C % t == 0 for t in (-(-C // P), -(-C // P) + 1)):
+            # blocked over fewer partitions (C = parts * T, e.g. 192 = 96 x 2): as many planes as
+            # cyclic tiles (or one more), one DMA per band, and the SBUF row-split layout
+            t = next(t for t in (-(-C // P), -(-C // P) + 1) if C % t == 0)
+            self.T, self.parts, self.blocked = t, C // t, True
         else:
             self.T, self.parts, self.blocked = -(-C // P), P, False
         self.P = P
@@ -400,6 +405,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
 
     bands = [(n, oh0, min(bo, OH - oh0)) for n in range(N) for oh0 in range(0, OH, bo)]
     wtiles = {}
+    wnext = None
     weights_once = len(kgroups) == 1
     if weights_once:
         wtiles[0] = load_weights(0)
@@ -410,10 +416,13 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         stores_now = nbo * OW * it >= 2048 and KT > 1 and not res_out
         for gi, grp in enumerate(kgroups):
             if not weights_once:
-                if gi == 0 and 0 not in wtiles:
-                    wtiles[0] = load_weights(0)
-                if gi + 1 < len(kgroups):
-                    wtiles[gi + 1] = load_weights(gi + 1)  # prefetch next K-group
+                # K-groups stream through two buffers in (band, group) order: the group used
+                # now was loaded one step ahead; prefetch the next step's group
+                if wnext is None:
+                    wnext = load_weights(gi)
+                wtiles[gi] = wnext
+                step = bi_ * len(kgroups) + gi + 1
+                wnext = load_weights(step % len(kgroups)) if step < len(bands) * len(kgroups) else None
             if gi == len(kgroups) - 1 and bi_ + 1 < len(bands):
                 nxt = load_band(*bands[bi_ + 1])  # prefetch next band before our stores
             for jk in grp:

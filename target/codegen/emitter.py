@@ -90,12 +90,15 @@ def _rows_overlap(o1, r1, o2, r2) -> bool:
 
 
 class _Tracker:
-    """Bucketed interval index of accesses per memory space."""
+    """Bucketed interval index of accesses per memory space.  Each live entry is tested once
+    per access (entries spanning many buckets are deduplicated), and entries that every stream
+    already knows to be complete (``retired``) are dropped: nothing can conflict with them."""
 
-    BUCKET = {"hbm": 1 << 16, "sbuf": 2048, "psum": 2048}
+    BUCKET = {"hbm": 1 << 18, "sbuf": 2048, "psum": 2048}
 
     def __init__(self):
         self.buckets: dict = defaultdict(list)
+        self.retired: dict = {}  # stream -> highest index every stream has waited past
 
     def access(self, box, write: bool, ref):
         space, p0, p1, b0, b1 = box[:5]
@@ -105,21 +108,28 @@ class _Tracker:
         deps = []
         seen = set()
         stream = ref.stream
+        retired = self.retired
         for key in keys:
             lst = self.buckets[key]
             keep = []
             for e in lst:
                 if e.dead:
                     continue
+                if e.ref.idx <= retired.get(e.ref.stream, -1) and e.ref.idx >= 0:
+                    e.dead = True
+                    continue
+                eid = id(e)
+                if eid in seen:
+                    keep.append(e)
+                    continue
+                seen.add(eid)
                 if e.p0 < p1 and p0 < e.p1 and e.b0 < b1 and b0 < e.b1:
                     if rows is not None and e.rows is not None and \
                             not _rows_overlap(e.b0, e.rows, b0, rows):
                         keep.append(e)
                         continue
                     if write or e.write:
-                        if id(e) not in seen:
-                            seen.add(id(e))
-                            deps.append(e.ref)
+                        deps.append(e.ref)
                     covered = e.p0 >= p0 and e.p1 <= p1 and e.b0 >= b0 and e.b1 <= b1 and \
                         (rows is None or rows[1] == 1 or rows[2] >= rows[0])
                     if covered and (write or (not e.write and stream is not None and e.ref.stream == stream)):
@@ -395,6 +405,11 @@ class Emitter:
         known[stream] = idx
         rec.snap = dict(known)
         self.streams[stream].append(rec)
+        self._n_emit = getattr(self, "_n_emit", 0) + 1
+        if self._n_emit % 64 == 0:
+            # every stream (also ones not used yet: their future instructions must be ordered too)
+            allst = list(self.streams)
+            self.tracker.retired = {s: min(self.known[t].get(s, -1) for t in allst) for s in allst}
         return rec
 
     def _cost(self, cls, fields, stream) -> int:
