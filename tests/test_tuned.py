@@ -1,6 +1,6 @@
 """The tuned planner: MetaSchedule tunes one small convolution end to end on the simulator.
 
-One module-scoped tuning run (MetaSchedule's first import takes ~20-40 s; the trials
+One module-scoped tuning run (MetaSchedule start-up is a few seconds once the tensor-intrinsic import is skipped, see tvm_poly.tuning; the trials
 themselves well under a second each)."""
 import time
 

@@ -370,7 +370,7 @@ def tune_plan(graph, plan, config, dtype: str, options: TuneOptions = None, log=
             # MetaSchedule logs per-task tables to stdout (its console handler binds sys.stdout
             # when tune_tir starts): keep them out of our output; its log files go to a temp dir
             with tempfile.TemporaryDirectory(prefix="polyinf-ms-") as logs, \
-                    contextlib.redirect_stdout(io.StringIO()):
+                    contextlib.redirect_stdout(io.StringIO()), _without_tensor_intrinsics():
                 ms.tune_tir(mod, target, logs, **kw)
             if log:
                 log(f"tuned {key} ({len(w.groups)} kernels) in {time.perf_counter() - t0:.1f} s")
@@ -390,6 +390,33 @@ def tune_plan(graph, plan, config, dtype: str, options: TuneOptions = None, log=
         for gname in w.groups:
             chosen[gname] = knobs
     return {"knobs": chosen, "workloads": stats}
+
+
+class _without_tensor_intrinsics:
+    """TuneContext imports ``tvm.s_tir.tensor_intrin`` only to register tensorization intrinsics
+    (CUDA, x86, ARM ... parsed from TVMScript: 20-50 s, most of MetaSchedule's start-up).  Our
+    design space never tensorizes, so while we tune, that import resolves to an empty module; the
+    placeholder is removed afterwards, so a later real import still gets the real package."""
+
+    def __enter__(self):
+        import sys
+        import types
+
+        self.placed = "tvm.s_tir.tensor_intrin" not in sys.modules
+        if self.placed:
+            sys.modules["tvm.s_tir.tensor_intrin"] = types.ModuleType("tvm.s_tir.tensor_intrin")
+        return self
+
+    def __exit__(self, *exc):
+        import sys
+
+        if self.placed:
+            sys.modules.pop("tvm.s_tir.tensor_intrin", None)
+            import tvm.s_tir as _s
+            if isinstance(getattr(_s, "tensor_intrin", None), type(sys)) and \
+                    not hasattr(_s.tensor_intrin, "__file__"):
+                delattr(_s, "tensor_intrin")
+        return False
 
 
 def _accepts_task_name():
