@@ -62,3 +62,20 @@ def test_light_model_matches_onnxruntime(name, dtype):
     err = models.rel_err(out, ref)
     assert err <= TOL[dtype], f"{name} {dtype}: rel err {err:.3e}"
     assert rep["engine_active_cycles"]["tensor"] > 0 and rep["hbm_read_bytes"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["squeezenet", "inception_v1"])
+def test_full_model_with_softmax_on_device(name):
+    """The shipped graphs end in Softmax: it runs on the device too (probabilities match)."""
+    model = models.light_model(name, seed=0, logits=False)
+    x = models.random_inputs(model, seed=0)
+    (_, ref), = models.reference_outputs(model, x).items()
+    with tvm_poly.options(dtype="float32"):
+        ex = tvm.compile(frontend.load_onnx(model), target="polyinf")
+    info = pipeline.last_compile()
+    assert info["host_ops"] == [] and len(info["segments"]) == 1
+    (_, xv), = x.items()
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xv)).numpy()
+    assert abs(float(out.sum()) - 1.0) < 1e-4
+    assert models.rel_err(out, ref) <= 1e-3
