@@ -275,10 +275,12 @@ def _block_external_uses(body, block):
     return relax.Tuple(exprs) if len(exprs) > 1 else exprs[0]
 
 
-def _lowering_gaps(graph, config, planner, dtype) -> dict:
-    """Supported nodes whose kernel kind (as the planner groups them) has no lowering in
-    ``target.codegen.LOWERINGS``: node name -> reason.  They stay on the host instead of
-    failing the whole device segment."""
+def _lowering_gaps(graph, config, dtype) -> dict:
+    """Supported nodes whose kernel kind has no lowering in ``target.codegen.LOWERINGS``:
+    node name -> reason.  They stay on the host instead of failing the whole device
+    segment.  The kinds come from the (cheap) per-op grouping whatever the planner: a
+    planner's own fused kinds are its business, and planning twice with an expensive
+    planner would double the compile time."""
     try:
         from target.codegen import LOWERINGS
 
@@ -287,7 +289,7 @@ def _lowering_gaps(graph, config, planner, dtype) -> dict:
         names = [n.name for n in graph.nodes if n.supported]
         if not names:
             return {}
-        plan = get_planner(planner)(graph.subgraph(names), config, dtype)
+        plan = get_planner("per-op")(graph.subgraph(names), config, dtype)
     except Exception:  # the planner itself fails: compile_graph will report it
         return {}
     gaps = {}
@@ -412,7 +414,7 @@ def _plan_blocks(body, graph, config, planner, dtype, driver):
     from tvm import relax
 
     nodes = list(graph.nodes)
-    gaps = _lowering_gaps(graph, config, planner, dtype)
+    gaps = _lowering_gaps(graph, config, dtype)
     if gaps:
         nodes = [dataclasses.replace(n, supported=False, reason=gaps[n.name])
                  if n.name in gaps else n for n in nodes]
