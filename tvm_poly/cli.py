@@ -105,6 +105,9 @@ def cmd_run(argv) -> int:
     dtype = check_dtype(args.dtype)
     planner = check_planner(args.planner)
     target = parse_target(args.target)
+    polyinf = is_polyinf(target)
+    if args.trace and not polyinf:
+        return _fail("--trace needs a polyinf target")
     given = _parse_inputs(args.input)
 
     if args.model is None or (args.model in models.NAMES and not os.path.exists(args.model)):
@@ -117,16 +120,9 @@ def cmd_run(argv) -> int:
     model = with_batch(model, args.batch)
     specs, out_names = model_io(model, batch=args.batch)
     shapes = {n: s for n, s, _d in specs}
-    values = validate_inputs(specs, given, allow_missing=True)
-    rng = np.random.default_rng(args.seed)
-    sources = {}
-    for name, shape, dt in specs:
-        if name in values:
-            sources[name] = "file"
-            continue
-        values[name] = rng.standard_normal(shape).astype(dt) if np.issubdtype(np.dtype(dt), np.floating) \
-            else rng.integers(0, 10, size=shape).astype(dt)
-        sources[name] = f"random (seed {args.seed})"
+    given = validate_inputs(specs, given, allow_missing=True)
+    values = {**models.random_inputs(model, seed=args.seed, shapes=shapes), **given}
+    sources = {n: "file" if n in given else f"random (seed {args.seed})" for n in shapes}
 
     import tvm
     from tvm import relax
@@ -139,14 +135,11 @@ def cmd_run(argv) -> int:
     with options(planner=planner, dtype=dtype):
         ex = tvm.compile(mod, target=target)
     compile_s = time.perf_counter() - t0
-    polyinf = is_polyinf(target)
     info = last_compile() if polyinf else {}
 
     vm = relax.VirtualMachine(ex, tvm.cpu())
     runtime.reset_report()
     if args.trace:
-        if not polyinf:
-            return _fail("--trace needs a polyinf target")
         runtime.set_trace_path(args.trace)
     if args.check:
         runtime.set_sim_check(True)
