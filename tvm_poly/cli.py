@@ -163,7 +163,6 @@ def cmd_run(argv) -> int:
     if polyinf:
         report.setdefault("host_ops", info.get("host_ops", []))
         report["device_ops"] = info.get("device_ops", 0)
-        report["num_segments"] = len(info.get("segments", []))
     if args.reference:
         ref = models.reference_outputs(model, {n: values[n] for n in shapes})
         report["reference_rel_err"] = {n: models.rel_err(outputs[n], ref[n]) for n in outputs}
@@ -190,7 +189,7 @@ def _print_summary(r, polyinf, args, planner, dtype):
         host = r.get("host_ops") or []
         ops = sorted({h["op"] for h in host})
         rows.append(("offload", f"{r.get('device_ops', 0)} ops on the NeuronCore in "
-                                f"{r.get('num_segments', 0)} segment(s); "
+                                f"{r.get('segments', 0)} segment(s); "
                                 f"{len(host)} on the host" + (f" ({', '.join(ops)})" if ops else "")))
         for k in ("cycles", "latency_us", "hbm_read_bytes", "hbm_write_bytes",
                   "dma_transfer_count", "dma_transfer_total_bytes", "dma_stall_cycles",
