@@ -45,18 +45,20 @@ class Report:
 
     def __init__(self, meta: dict):
         self.meta = dict(meta)
-        self.segment_reports: list = []
+        self.segment_reports: list = []  # the simulator's Report of each segment
+        self._dicts: list = []
         self._merged: dict = {}
 
     def add(self, seg_report) -> None:
         self.segment_reports.append(seg_report)
         d = _report_dict(seg_report)
+        self._dicts.append(d)
         self._merged = _merge(self._merged, d) if self._merged else d
 
     def to_dict(self) -> dict:
         d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in REPORT_FIELDS.items()}
         d.update(self._merged)
-        reps = [_report_dict(r) for r in self.segment_reports]
+        reps = self._dicts
         if len(reps) > 1:
             for k in ("config", "program", "report_clock_ghz"):
                 if k in reps[0]:
