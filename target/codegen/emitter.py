@@ -89,16 +89,50 @@ def _rows_overlap(o1, r1, o2, r2) -> bool:
     return max(klo, -(n2 - 1)) <= min(khi, n1 - 1)
 
 
+class _Bucket:
+    __slots__ = ("w", "r", "rkey")
+
+    def __init__(self):
+        self.w, self.r, self.rkey = [], [], {}
+
+
 class _Tracker:
-    """Bucketed interval index of accesses per memory space.  Each live entry is tested once
-    per access (entries spanning many buckets are deduplicated), and entries that every stream
-    already knows to be complete (``retired``) are dropped: nothing can conflict with them."""
+    """Bucketed interval index of accesses per memory space.  Reads only need to be checked
+    against writes (RAW), writes against both (WAR, WAW); a read identical to an earlier read
+    of the same stream replaces it (stream order); each live entry is tested once per access;
+    entries every stream already knows to be complete (``retired``) are dropped."""
 
     BUCKET = {"hbm": 1 << 18, "sbuf": 2048, "psum": 2048}
 
     def __init__(self):
-        self.buckets: dict = defaultdict(list)
+        self.buckets: dict = defaultdict(_Bucket)
         self.retired: dict = {}  # stream -> highest index every stream has waited past
+
+    def _scan(self, lst, p0, p1, b0, b1, rows, write, stream, deps, seen):
+        retired = self.retired
+        keep = []
+        for e in lst:
+            if e.dead:
+                continue
+            if 0 <= e.ref.idx <= retired.get(e.ref.stream, -1):
+                e.dead = True
+                continue
+            eid = id(e)
+            if eid in seen:
+                keep.append(e)
+                continue
+            seen.add(eid)
+            if e.p0 < p1 and p0 < e.p1 and e.b0 < b1 and b0 < e.b1:
+                if rows is not None and e.rows is not None and not _rows_overlap(e.b0, e.rows, b0, rows):
+                    keep.append(e)
+                    continue
+                deps.append(e.ref)
+                if write and e.p0 >= p0 and e.p1 <= p1 and e.b0 >= b0 and e.b1 <= b1 and \
+                        (rows is None or rows[1] == 1 or rows[2] >= rows[0]):
+                    e.dead = True  # covered by this write, which is ordered after it
+                    continue
+            keep.append(e)
+        return keep
 
     def access(self, box, write: bool, ref):
         space, p0, p1, b0, b1 = box[:5]
@@ -108,38 +142,23 @@ class _Tracker:
         deps = []
         seen = set()
         stream = ref.stream
-        retired = self.retired
-        for key in keys:
-            lst = self.buckets[key]
-            keep = []
-            for e in lst:
-                if e.dead:
-                    continue
-                if e.ref.idx <= retired.get(e.ref.stream, -1) and e.ref.idx >= 0:
-                    e.dead = True
-                    continue
-                eid = id(e)
-                if eid in seen:
-                    keep.append(e)
-                    continue
-                seen.add(eid)
-                if e.p0 < p1 and p0 < e.p1 and e.b0 < b1 and b0 < e.b1:
-                    if rows is not None and e.rows is not None and \
-                            not _rows_overlap(e.b0, e.rows, b0, rows):
-                        keep.append(e)
-                        continue
-                    if write or e.write:
-                        deps.append(e.ref)
-                    covered = e.p0 >= p0 and e.p1 <= p1 and e.b0 >= b0 and e.b1 <= b1 and \
-                        (rows is None or rows[1] == 1 or rows[2] >= rows[0])
-                    if covered and (write or (not e.write and stream is not None and e.ref.stream == stream)):
-                        e.dead = True
-                        continue
-                keep.append(e)
-            self.buckets[key] = keep
+        bk = [self.buckets[k] for k in keys]
+        for b in bk:
+            b.w = self._scan(b.w, p0, p1, b0, b1, rows, write, stream, deps, seen)
+            if write:
+                b.r = self._scan(b.r, p0, p1, b0, b1, rows, write, stream, deps, seen)
+                b.rkey = {k: e for k, e in b.rkey.items() if not e.dead}
+        if not write and stream is not None:
+            rk = (stream, p0, p1, b0, b1, rows)
+            old = bk[0].rkey.get(rk)
+            if old is not None and not old.dead:
+                old.ref = ref  # same region read again by the same stream: keep the newest
+                return deps
         ent = _Entry(p0, p1, b0, b1, write, ref, rows)
-        for key in keys:
-            self.buckets[key].append(ent)
+        for b in bk:
+            (b.w if write else b.r).append(ent)
+        if not write and stream is not None:
+            bk[0].rkey[(stream, p0, p1, b0, b1, rows)] = ent
         return deps
 
 
@@ -310,6 +329,7 @@ class Emitter:
         self.hbm: list[isa.HbmTensor] = []
         self._hbm_names: dict[str, HbmRef] = {}
         self._hbm_top = 0
+        self._ro_ranges, self._ro_starts, self._ro_count = [], [], 0  # ascending (offsets grow)
         self.tag = ""
         self.pe_rows = int(getattr(config, "pe_rows", 128))
         self.pe_cols = int(getattr(config, "pe_cols", 128))
@@ -322,9 +342,22 @@ class Emitter:
         t = isa.HbmTensor(name, self._hbm_top, tuple(int(s) for s in shape), dtype, kind)
         self._hbm_top += -(-t.nbytes // 512) * 512
         self.hbm.append(t)
+        if kind in ("input", "weight"):  # read-only for the whole program
+            self._ro_ranges.append((t.offset, t.offset + t.nbytes))
+            self._ro_starts.append(t.offset)
+            self._ro_count = len(self._ro_ranges)
         ref = HbmRef(t)
         self._hbm_names[name] = ref
         return ref
+
+    def _read_only(self, ap: AP) -> bool:
+        import bisect
+        ro = self._ro_ranges
+        k = bisect.bisect_right(self._ro_starts, ap.offset) - 1
+        if k < 0:
+            return False
+        a, b = ro[k]
+        return a <= ap.offset < b and ap_box(ap)[4] <= b
 
     def hbm_ref(self, name: str) -> HbmRef:
         return self._hbm_names[name]
@@ -369,6 +402,8 @@ class Emitter:
         for f in READ_FIELDS:
             v = fields.get(f)
             if isinstance(v, AP):
+                if v.mem == Mem.HBM and self._read_only(v):
+                    continue  # inputs/weights are never written: their reads cannot conflict
                 deps += self.tracker.access(ap_box(v), False, rec)
         dst = fields.get("dst")
         if isinstance(dst, AP):
@@ -380,9 +415,18 @@ class Emitter:
         for d in deps:
             ready = max(ready, d.end)
         if stream is None:
-            stream = min(self.dma_streams,
-                         key=lambda q: (max(self._free_at.get(q, 0), max((d.end for d in deps if d.stream != q), default=0)),
-                                        self._dma_load[q]))
+            by = {}
+            for d in deps:
+                if by.get(d.stream, -1) < d.end:
+                    by[d.stream] = d.end
+            top = sorted(by.items(), key=lambda kv: -kv[1])[:2]
+            fa, ld = self._free_at, self._dma_load
+
+            def ready_on(q):
+                if not top:
+                    return 0
+                return top[0][1] if top[0][0] != q else (top[1][1] if len(top) > 1 else 0)
+            stream = min(self.dma_streams, key=lambda q: (max(fa.get(q, 0), ready_on(q)), ld[q]))
         start = max(self._free_at.get(stream, 0), ready)
         rec.end = start + cost
         self._free_at[stream] = rec.end
