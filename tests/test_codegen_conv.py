@@ -116,3 +116,22 @@ def test_weights_streamed_in_k_groups_over_several_bands():
     two buffers while the input is pipelined in row bands (regression: wrong buffer reuse)."""
     err, cp, rep = run_conv((1, 512, 16, 16), (512, 512, 3, 3), (1, 1), (1, 1, 1, 1), 1, bias=True, relu=True)
     assert err <= 1e-5, err
+
+
+def test_conv_and_pool_band_on_small_sbuf_config():
+    """inf1 has 64 KiB per partition: a 64x112x112 layer must be cut in row bands."""
+    rng = np.random.default_rng(5)
+    b = GraphBuilder()
+    x = b.input("x", (1, 64, 112, 112))
+    wv = (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
+    y = b.op("conv2d", [x, b.const("w", wv)], (1, 64, 112, 112), strides=(1, 1), padding=(1, 1, 1, 1),
+             groups=1, dilation=(1, 1))
+    z = b.op("max_pool2d", [y], (1, 64, 56, 56), pool_size=(3, 3), strides=(2, 2), padding=(1, 1, 1, 1),
+             layout="NCHW", dilation=(1, 1))
+    cp = compile_graph(b.build(z), "inf1")
+    xv = rng.standard_normal((1, 64, 112, 112)).astype(np.float32)
+    outs, rep = cp.run({"x": xv}, check=False)
+    from tests.test_codegen_pool import pool_ref
+    ref = pool_ref(conv_ref(xv, wv, (1, 1), (1, 1, 1, 1)), "max", (3, 3), (2, 2), (1, 1, 1, 1), (56, 56))
+    assert rel_err(outs[z], ref) <= 1e-5
+    assert rep.sbuf_peak_bytes <= 128 * 65536
