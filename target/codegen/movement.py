@@ -103,38 +103,54 @@ def _flat_range_ap(v: Value, off: int, n: int):
     return None
 
 
-def _row_cuts(v: Value, off: int, n: int):
-    """Cut [off, off+n) at the row boundaries of ``v``'s resident layout: head, whole rows, tail."""
-    if v.sbuf is None:
-        return [(off, n)]
-    L = prod(v.shape) // v.sbuf.partitions
-    a, b = off, off + n
-    h = min(b, -(-a // L) * L)
-    t = max(h, (b // L) * L)
-    return [(x, y - x) for x, y in ((a, h), (h, t), (t, b)) if y > x]
+def _row_len(v: Value):
+    return None if v.sbuf is None else prod(v.shape) // v.sbuf.partitions
 
 
 def concat_flat(em: Emitter, out: Value, inputs: list):
     """Concat when everything before the axis has size 1 (N = 1 along channels): input i is
-    the flat range [off_i, off_i + size_i) of the output, so each input is one DMA (elements move
-    in order; the DMA reshapes between the two row-split layouts), cut at row boundaries only
-    when a range starts or ends inside a resident row."""
+    the flat range [off_i, off_i + size_i) of the output, so it moves with in-order DMAs (the DMA
+    reshapes between the two row-split layouts): one DMA for the part aligned to both layouts'
+    rows (multiples of their lcm), single-row pieces for the unaligned head and tail."""
+    import math
+
     off = 0
+    Lo = _row_len(out)
     for v in inputs:
         n = prod(v.shape)
-        pieces = [(off, 0, n)]  # (output offset, input offset, count)
-        for side in (out, v):
-            nxt = []
-            for o, i, c in pieces:
-                base = o if side is out else i
-                for s, k in _row_cuts(side, base, c):
-                    nxt.append((o + s - base, i + s - base, k))
-            pieces = nxt
-        for o, i, c in pieces:
-            d, s = _flat_range_ap(out, o, c), _flat_range_ap(v, i, c)
-            if d is None or s is None:
+        Ls = [L for L in (Lo, _row_len(v)) if L]
+        lcm = 1
+        for L in Ls:
+            lcm = lcm * L // math.gcd(lcm, L)
+        # piece boundaries in output coordinates
+        a, b = off, off + n
+        if lcm == 1:
+            pieces = [(a, n)]
+        else:
+            # input row boundaries are at off + k*Lv in output coordinates
+            def aligned(x):
+                return all(((x - (0 if L == Lo else off)) % L) == 0 for L in Ls)
+            h = a
+            while h < b and not aligned(h):
+                h += 1
+            t = b
+            while t > h and not aligned(t):
+                t -= 1
+            cuts = set()
+            for lo, hi in ((a, h), (t, b)):
+                for L in Ls:
+                    base = 0 if L == Lo else off
+                    k = lo + ((-(lo - base)) % L)
+                    while k < hi:
+                        cuts.add(k)
+                        k += L
+            pts = sorted({a, b, h, t} | cuts)
+            pieces = [(x, y - x) for x, y in zip(pts, pts[1:]) if y > x]
+        for o, c in pieces:
+            d, s_ = _flat_range_ap(out, o, c), _flat_range_ap(v, o - off, c)
+            if d is None or s_ is None:
                 raise CodegenError(f"concat {out.name}: range [{o}, {o + c}) does not map to one AP")
-            em.dma(d, s)
+            em.dma(d, s_)
         off += n
     if off != prod(out.shape):
         raise CodegenError(f"concat inputs give {off} elements, output has {prod(out.shape)}")

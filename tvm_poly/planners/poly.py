@@ -82,12 +82,9 @@ def resident_rows(shape) -> int:
     s = tuple(int(x) for x in shape)
     if len(s) < 2 or s[0] != 1:
         return 0
-    C = s[1]
-    if C <= 128:
-        return C
-    if C % 128 == 0:
-        return 128
-    return 0
+    from target.codegen.conv import ChanMap
+    cm = ChanMap(s[1], 128)
+    return cm.parts if cm.blocked or cm.T == 1 else 0
 
 
 def _sbuf_size(config) -> int:
