@@ -1,5 +1,9 @@
-"""TEMPORARY in-test fake of tvm_poly.graph / tvm_poly.driver (relu only), used to test
-the TVM integration before the real code generator exists.  Not shipped, not a result."""
+"""Test double of tvm_poly.graph / tvm_poly.driver (relu only, hand-written programs).
+
+Only for the partition mechanics tests (segment formation around host ops, the
+begin/report protocol, traces, exported multi-segment executables) where an exact, tiny
+program makes every expected number obvious.  It is not shipped and proves nothing about
+the real code generator; test_tvm_compile.py runs the real one."""
 from __future__ import annotations
 
 from dataclasses import dataclass

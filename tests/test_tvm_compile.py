@@ -264,3 +264,33 @@ def test_batch2_conv_every_sample(c):
     assert tvm_poly.last_report().to_dict()["segments"] == 1
     for i in range(2):
         assert models.rel_err(out[i], ref[i]) <= 1e-3, f"sample {i}"
+
+
+def test_real_multi_segment_partition():
+    """An operator without a NeuronCore lowering (Sin) between two convolutions: two device
+    segments around one host op, with the real code generator, numbers as onnxruntime."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((4, 8, 1, 1)) * 0.5).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Sin", ["r1"], ["s"]),
+         helper.make_node("Conv", ["s", "w2"], ["c2"]),
+         helper.make_node("Relu", ["c2"], ["y"])], "multi",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = models.random_inputs(model, seed=0)
+    ref = models.reference_outputs(model, x)["y"]
+    ex = tvm.compile(frontend.load_onnx(model), target="polyinf")
+    info = pipeline.last_compile()
+    assert [h["op"] for h in info["host_ops"]] == ["sin"]
+    assert len(info["segments"]) == 2
+    assert models.rel_err(_run(ex, x["x"]), ref) <= 1e-3
+    rep = tvm_poly.last_report().to_dict()
+    assert rep["segments"] == 2 and rep["macs"] == 8 * 27 * 64 + 4 * 8 * 64

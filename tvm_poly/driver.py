@@ -92,7 +92,7 @@ class LowerCtx:
         t = self.tm[name]
         if r != name:
             base = self.value(r)
-            v = Value(name, tuple(t.shape), base.dtype, hbm=base.hbm, sbuf=base.sbuf)
+            v = Value(name, tuple(t.shape), base.dtype, hbm=base.hbm, sbuf=base.sbuf, images=base.images)
             self.values[name] = v
             return v
         if t.is_constant:
@@ -138,7 +138,7 @@ class LowerCtx:
             need = -(-size // pl.num_partitions) * isa.DTYPES[self.cdt]
             tile = self.em.sbuf_resident(pl.start_partition, pl.num_partitions, pl.offset,
                                          max(pl.nbytes, need), self.cdt, name)
-            v = Value(name, tuple(t.shape), self.cdt, sbuf=tile)
+            v = Value(name, tuple(t.shape), self.cdt, sbuf=tile, images=max(1, int(getattr(pl, "images", 1))))
             self.values[name] = v
             return v
         members = [m for m in list(self._alias) + [name] if self.root(m) == name]

@@ -20,6 +20,7 @@ class TensorPlacement:
     num_partitions: int = 0
     offset: int = 0
     nbytes: int = 0
+    images: int = 1  # placement == "sbuf": > 1 = per-image row-split layout (see target.codegen.values)
 
     def __str__(self):
         if self.placement == "sbuf":

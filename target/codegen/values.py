@@ -40,6 +40,7 @@ class Value:
     hbm: Optional[HbmRef] = None
     sbuf: Optional[Tile] = None
     partitions: int = 128
+    images: int = 1  # resident only: > 1 = per-image row-split (image n's rows at n * L on each partition)
 
     @property
     def itemsize(self):
@@ -72,10 +73,13 @@ class Value:
             return self.hbm.ap(elem_off, partitions, partition_stride, sizes, strides)
         if self.sbuf is not None:
             rows = self.sbuf.partitions
-            if self.size % rows:
+            img = self.size // max(1, self.images)
+            if img % rows or self.size % max(1, self.images):
                 raise CodegenError(f"{self.name}: {self.size} elements do not split into {rows} rows")
-            L = self.size // rows
-            p0, off = divmod(int(elem_off), L)
+            L = img // rows
+            n_img, r = divmod(int(elem_off), img)
+            p0, off = divmod(r, L)
+            off += n_img * L  # images > 1: each partition holds row p of every image, image-major
             if partitions > 1 and partition_stride != L:
                 raise CodegenError(f"resident {self.name}: access with row stride {partition_stride} "
                                    f"does not match its layout ({rows} rows of {L})")
