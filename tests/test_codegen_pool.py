@@ -39,3 +39,18 @@ def test_pool(xs, mode, k, s, pad, ohw, dtype):
     xv = rng.standard_normal(xs).astype(np.float32)
     outs, _ = cp.run({"x": xv})
     assert rel_err(outs[y], pool_ref(xv, mode, k, s, pad, ohw)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("C,mode", [(64, "max"), (32, "avg")])
+def test_pool_bands_side_by_side_on_partition_blocks(C, mode):
+    rng = np.random.default_rng(1)
+    xs = (1, C, 112, 112)
+    b = GraphBuilder()
+    x = b.input("x", xs)
+    y = b.op("max_pool2d" if mode == "max" else "avg_pool2d", [x], (1, C, 56, 56), pool_size=(3, 3),
+             strides=(2, 2), padding=(1, 1, 1, 1), count_include_pad=True, layout="NCHW", dilation=(1, 1))
+    cp = compile_graph(b.build(y), "inf2")
+    xv = rng.standard_normal(xs).astype(np.float32)
+    outs, _ = cp.run({"x": xv})
+    assert rel_err(outs[y], pool_ref(xv, mode, (3, 3), (2, 2), (1, 1, 1, 1), (56, 56), True)) <= 1e-5
+    assert max(i.dst.num_partitions for i in cp.program.stream("vector")) == 128

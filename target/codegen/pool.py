@@ -94,30 +94,56 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
         # pipelining: big inputs stream in ~4 bands (load / pad copy / vector passes overlap)
         if N == 1 and bo == OH and C * H * W * it >= 512 * 1024 and OH >= 8:
             bo = -(-OH // 4)
+        # bands side by side on partition blocks: with C = 32/64 channels, G bands share one
+        # set of Vector instructions over G*C partitions (block starts obey the start rule)
+        G = P // C if (CT == 1 and C in (32, 64) and divmap is None) else 1
         for n in range(N):
-            for oh0 in range(0, OH, bo):
-                nbo = min(bo, OH - oh0)
-                rp = (nbo - 1) * sh + R  # padded-coordinate rows of this band
-                r0p = oh0 * sh
-                ih0, ih1 = max(0, r0p - pt), min(H, r0p + rp - pt)
-                nv = max(0, ih1 - ih0)
+            bl = list(range(0, OH, bo))
+            for g0 in range(0, len(bl), G):
+                grp = bl[g0:g0 + G]
                 rpb = (bo - 1) * sh + R
-                xt = load(n, ih0, nv, CT * rpb * W) if nv else em.sbuf_tile(parts, CT * rpb * W * it, cdt, "pool_x")
+                gp = parts * len(grp)
+                xt = em.sbuf_tile(gp, CT * rpb * W * it, cdt, "pool_x")
                 tiles = [xt]
+                pt_ = None
                 if padded:
-                    pt_ = em.sbuf_tile(parts, CT * rpb * Wp * it, cdt, "pool_pad")
+                    pt_ = em.sbuf_tile(gp, CT * rpb * Wp * it, cdt, "pool_pad")
                     tiles.append(pt_)
                     em.memset(pt_.ap((CT * rpb * Wp,)), NEG if mode == "max" else 0.0)
-                    dr = ih0 + pt - r0p
-                    for j in range(CT if nv else 0):
-                        np_ = cm.nparts(j)
-                        em.copy(pt_.ap((nv, W), (Wp, 1), j * rpb * Wp + dr * Wp + pl, partitions=np_),
-                                xt.ap((nv, W), (W, 1), j * rpb * W, partitions=np_), stream="gpsimd")
+                elif any(min(bo, OH - oh0) < bo for oh0 in grp) and len(grp) > 1:
+                    em.memset(xt.ap((CT * rpb * W,)), 0.0)  # a short band: keep all lanes defined
+                nbo_max = 0
+                for i, oh0 in enumerate(grp):
+                    nbo = min(bo, OH - oh0)
+                    nbo_max = max(nbo_max, nbo)
+                    rp = (nbo - 1) * sh + R  # padded-coordinate rows of this band
+                    r0p = oh0 * sh
+                    ih0, ih1 = max(0, r0p - pt), min(H, r0p + rp - pt)
+                    nv = max(0, ih1 - ih0)
+                    if nv:
+                        if partial:
+                            em.memset(xt.ap((CT * rpb * W,)), 0.0)
+                        if cm.blocked or CT == 1:
+                            em.dma_split(xt.ap((CT, nv * W), (rpb * W, 1), partitions=parts, start=i * parts),
+                                         x.flat_ap(n * C * H * W + ih0 * W, parts, CT * H * W, (CT, nv * W), (H * W, 1)))
+                        else:
+                            for j in range(CT):
+                                em.dma_split(xt.ap((nv * W,), (1,), j * rpb * W, partitions=cm.nparts(j)),
+                                             x.chan_ap(n, j * P, cm.nparts(j), ih0 * W, (nv * W,), (1,)))
+                    if padded and nv:
+                        dr = ih0 + pt - r0p
+                        for j in range(CT):
+                            np_ = cm.nparts(j)
+                            em.copy(pt_.ap((nv, W), (Wp, 1), j * rpb * Wp + dr * Wp + pl, partitions=np_, start=i * parts),
+                                    xt.ap((nv, W), (W, 1), j * rpb * W, partitions=np_, start=i * parts), stream="gpsimd")
+                if padded:
                     src, srow, splane = pt_, Wp, rpb * Wp
                 else:
                     src, srow, splane = xt, W, rpb * W
-                tmp = em.sbuf_tile(parts, CT * rpb * OW * it, cdt, "pool_tmp")
-                ot = em.sbuf_tile(parts, CT * bo * OW * it, cdt, "pool_o")
+                nbo = nbo_max
+                rp = (nbo - 1) * sh + R
+                tmp = em.sbuf_tile(gp, CT * rpb * OW * it, cdt, "pool_tmp")
+                ot = em.sbuf_tile(gp, CT * bo * OW * it, cdt, "pool_o")
                 tiles += [tmp, ot]
                 tv = tmp.ap((CT, rp, OW), (rpb * OW, OW, 1))
                 col = lambda q: src.ap((CT, rp, OW), (splane, srow, sw), q)
@@ -137,13 +163,20 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                         em.tt(ov, ov, row(r), op=op)
                 if mode == "avg":
                     if divmap is not None:
+                        oh0 = grp[0]
                         for j in range(CT):
                             np_ = cm.nparts(j)
                             o = ot.ap((nbo * OW,), (1,), j * bo * OW, partitions=np_)
                             em.tt(o, o, divmap.ap((nbo * OW,), (1,), oh0 * OW, partitions=np_), op="multiply")
                     else:
                         em.act(ov, ov, scale=1.0 / (R * S))
-                store(n, ot, oh0, nbo, bo * OW)
+                for i, oh0 in enumerate(grp):
+                    nb_i = min(bo, OH - oh0)
+                    if cm.blocked or CT == 1:
+                        em.dma_split(out.flat_ap(n * C * OH * OW + oh0 * OW, parts, CT * OH * OW, (CT, nb_i * OW), (OH * OW, 1)),
+                                     ot.ap((CT, nb_i * OW), (bo * OW, 1), partitions=parts, start=i * parts))
+                    else:
+                        store(n, ot, oh0, nb_i, bo * OW)
                 em.free(*tiles)
     if divmap is not None:
         em.free(divmap)
