@@ -1,0 +1,57 @@
+"""compile_graph / CompiledProgram API surface and typed errors."""
+import tomllib
+
+import numpy as np
+import pytest
+
+from target.codegen import AllocationError
+from target.config import CONFIG_DIR, config_from_dict
+from tests.codegen_util import GraphBuilder
+from tvm_poly.driver import CompiledProgram, compile_graph
+from tvm_poly.errors import InputShapeError, OptionError, PlannerError
+
+
+def _graph():
+    b = GraphBuilder()
+    x = b.input("x", (1, 64, 8, 8))
+    w = b.const("w", np.ones((32, 64, 3, 3), np.float32) / 576)
+    y = b.op("conv2d", [x, w], (1, 32, 8, 8), strides=(1, 1), padding=(1, 1, 1, 1), groups=1, dilation=(1, 1))
+    y = b.op("relu", [y], (1, 32, 8, 8))
+    return b.build(y), y
+
+
+def test_compiled_program_fields_and_tags():
+    g, y = _graph()
+    cp = compile_graph(g, "inf2", planner="per-op", dtype="bfloat16")
+    assert isinstance(cp, CompiledProgram)
+    assert cp.inputs == (("x", "x"),) and cp.outputs == ((y, y),)
+    assert cp.plan.planner == "per-op" and "lv0:conv2d" in str(cp.plan)
+    assert all(k.startswith("lv0/") for k in cp.constants)
+    assert {t.kind for t in cp.program.hbm} == {"input", "output", "weight"}
+    tags = {i.tag for _, ins in cp.program.streams for i in ins}
+    assert tags == {"lv0:conv2d"}
+    outs, rep = cp.run({"x": np.ones((1, 64, 8, 8), np.float32)})
+    assert outs[y].shape == (1, 32, 8, 8) and rep.to_dict()["per_tag"]["lv0:conv2d"]["macs"] > 0
+
+
+def test_typed_errors():
+    g, _ = _graph()
+    with pytest.raises(PlannerError):
+        compile_graph(g, "inf2", planner="nope")
+    with pytest.raises(OptionError):
+        compile_graph(g, "inf2", dtype="float16")
+    cp = compile_graph(g, "inf2")
+    with pytest.raises(InputShapeError):
+        cp.run({"x": np.ones((1, 64, 8, 9), np.float32)})
+    with pytest.raises(InputShapeError):
+        cp.run({})
+
+
+def test_sbuf_too_small_is_an_allocation_error():
+    with open(f"{CONFIG_DIR}/inf2.toml", "rb") as f:
+        d = tomllib.load(f)
+    d["memory"]["sbuf_bytes"] = 128 * 1024  # 1 KiB per partition
+    cfg = config_from_dict(d, "tiny")
+    g, _ = _graph()
+    with pytest.raises(AllocationError):
+        compile_graph(g, cfg)
