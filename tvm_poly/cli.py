@@ -5,7 +5,7 @@ Subcommands::
     tvm-poly run [MODEL.onnx | LIGHT_NAME] [--target polyinf|polyinf/inf1|CONFIG.toml]
                  [--planner per-op] [--dtype float32|bfloat16] [--batch N]
                  [--input NAME=FILE.npy ...] [--seed N] [--save-outputs OUT.npz]
-                 [--report OUT.json] [--trace OUT.json] [--reference] [--check]
+                 [--report OUT.json] [--trace OUT.json] [--reference] [--no-check]
     tvm-poly sim ...    (target.sim_cli: run / check a program text on the simulator)
     tvm-poly poly ...   (tvm_poly.poly_cli: the polyhedral model of a model)
 
@@ -53,8 +53,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", metavar="OUT.json", help="write a Chrome/Perfetto timeline")
     p.add_argument("--reference", action="store_true",
                    help="also run onnxruntime and print the relative error of each output")
-    p.add_argument("--check", action="store_true",
-                   help="simulate with the strict checks (uninitialised reads, data races)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the simulator's strict checks (uninitialised reads, data races); "
+                        "faster, but an illegal program would run unrefused")
     return p
 
 
@@ -141,8 +142,8 @@ def cmd_run(argv) -> int:
     runtime.reset_report()
     if args.trace:
         runtime.set_trace_path(args.trace)
-    if args.check:
-        runtime.set_sim_check(True)
+    if args.no_check:
+        runtime.set_sim_check(False)
     t0 = time.perf_counter()
     try:
         res = vm["main"](*[tvm.runtime.tensor(values[n]) for n, _s, _d in specs])
