@@ -129,9 +129,11 @@ def elementwise_resident(em: Emitter, out: Value, inputs: list, op: str, post: s
     size = prod(out.shape)
     res = [v for v in list(inputs) + [out] if v.sbuf is not None]
     rows = res[0].sbuf.partitions
-    if size % rows or any(v.sbuf.partitions != rows for v in res):
+    images = max(1, res[0].images)
+    if size % (rows * images) or any(v.sbuf.partitions != rows or max(1, v.images) != images for v in res):
         raise CodegenError(f"resident elementwise {out.name}: operands split into different rows")
-    L = size // rows
+    img = size // images
+    L = img // rows
     full = []
     for v in inputs:
         if tuple(v.shape) == tuple(out.shape):
@@ -155,8 +157,9 @@ def elementwise_resident(em: Emitter, out: Value, inputs: list, op: str, post: s
     order = [k for k in range(len(inputs)) if full[k]] + [k for k in range(len(inputs)) if not full[k]]
     if order[0] != 0 and op not in COMMUTATIVE:
         raise CodegenError(f"{op} with a broadcast first operand")
-    for f0 in range(0, L, chunk):
+    for n_img, f0 in [(n_img, f0) for n_img in range(images) for f0 in range(0, L, chunk)]:
         nf = min(chunk, L - f0)
+        f0 += n_img * img  # flat element of (image n_img, row 0, column f0)
         aps = {}
         for k, v in enumerate(inputs):
             if not full[k]:
@@ -288,7 +291,8 @@ def _channel_affine_resident(em, x, out, scale, bias, func, cdt):
     N, C, F = x.ncf()
     v0 = x if x.sbuf is not None else out
     rows = v0.sbuf.partitions
-    if N != 1 or C % rows or (x.sbuf is not None and out.sbuf is not None and x.sbuf.partitions != out.sbuf.partitions):
+    if C % rows or any(v.sbuf is not None and (v.sbuf.partitions != rows or max(1, v.images) != N)
+                       for v in (x, out)):
         raise CodegenError(f"resident batch_norm {x.name}: layout does not split by channels")
     planes = C // rows
     L = planes * F
@@ -299,11 +303,12 @@ def _channel_affine_resident(em, x, out, scale, bias, func, cdt):
     chunk = max(1, min(F, CHUNK_BYTES // it))
     pin = None if x.sbuf is not None else em.pool("sbuf", rows, chunk * it, cdt, BUFS, "bnr_x")
     pout = None if out.sbuf is not None else em.pool("sbuf", rows, chunk * it, cdt, BUFS, "bnr_o")
-    for j in range(planes):
+    for n_img, j in [(n_img, j) for n_img in range(N) for j in range(planes)]:
         sc = cols.ap((1,), elem_offset=j, partitions=rows)
         bi = cols.ap((1,), elem_offset=planes + j, partitions=rows)
         for f0 in range(0, F, chunk if (pin or pout) else F):
             nf = min(chunk if (pin or pout) else F, F - f0)
+            f0 += n_img * C * F  # image n_img
             src = x.flat_ap(j * F + f0, rows, L, (nf,), (1,))
             if pin is not None:
                 t = pin.next().ap((nf,))

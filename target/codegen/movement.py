@@ -49,8 +49,8 @@ def concat(em: Emitter, out: Value, inputs: list[Value], axis: int):
     outer = prod(out.shape[:axis])
     inner = prod(out.shape[axis + 1:])
     total = out.shape[axis]
-    if outer == 1 and (out.sbuf is not None or any(v.sbuf is not None for v in inputs)):
-        return concat_flat(em, out, inputs)
+    if (outer == 1 or axis == 1) and (out.sbuf is not None or any(v.sbuf is not None for v in inputs)):
+        return concat_flat(em, out, inputs, outer)
     c0 = 0
     for v in inputs:
         if len(v.shape) != rank:
@@ -94,9 +94,8 @@ def _flat_range_ap(v: Value, off: int, n: int):
     whole rows, or a piece of one row), or None when the range needs several."""
     if v.sbuf is None:
         return v.flat_ap(off, 1, 0, (n,), (1,))
-    rows = v.sbuf.partitions
-    L = prod(v.shape) // rows
-    if off % L == 0 and n % L == 0:
+    L = _row_len(v)
+    if off % L == 0 and n % L == 0 and (off % (L * v.sbuf.partitions)) + n <= L * v.sbuf.partitions:
         return v.flat_ap(off, n // L, L, (L,), (1,))
     if off // L == (off + n - 1) // L:
         return v.flat_ap(off, 1, L, (n,), (1,))
@@ -104,56 +103,60 @@ def _flat_range_ap(v: Value, off: int, n: int):
 
 
 def _row_len(v: Value):
-    return None if v.sbuf is None else prod(v.shape) // v.sbuf.partitions
+    return None if v.sbuf is None else prod(v.shape) // max(1, v.images) // v.sbuf.partitions
 
 
-def concat_flat(em: Emitter, out: Value, inputs: list):
-    """Concat when everything before the axis has size 1 (N = 1 along channels): input i is
-    the flat range [off_i, off_i + size_i) of the output, so it moves with in-order DMAs (the DMA
-    reshapes between the two row-split layouts): one DMA for the part aligned to both layouts'
-    rows (multiples of their lcm), single-row pieces for the unaligned head and tail."""
+def concat_flat(em: Emitter, out: Value, inputs: list, images: int = 1):
+    """Concat along the first axis after ``images`` (N images along channels, or nothing before
+    the axis): per image, input i is the flat range [off_i, off_i + size_i) of the output image,
+    so it moves with in-order DMAs (the DMA reshapes between the two row-split layouts): one DMA
+    for the part aligned to both layouts' rows (multiples of their lcm), single-row pieces for an
+    unaligned head and tail."""
     import math
 
-    off = 0
     Lo = _row_len(out)
-    for v in inputs:
-        n = prod(v.shape)
-        Ls = [L for L in (Lo, _row_len(v)) if L]
-        lcm = 1
-        for L in Ls:
-            lcm = lcm * L // math.gcd(lcm, L)
-        # piece boundaries in output coordinates
-        a, b = off, off + n
-        if lcm == 1:
-            pieces = [(a, n)]
-        else:
-            # input row boundaries are at off + k*Lv in output coordinates
-            def aligned(x):
-                return all(((x - (0 if L == Lo else off)) % L) == 0 for L in Ls)
-            h = a
-            while h < b and not aligned(h):
-                h += 1
-            t = b
-            while t > h and not aligned(t):
-                t -= 1
-            cuts = set()
-            for lo, hi in ((a, h), (t, b)):
-                for L in Ls:
-                    base = 0 if L == Lo else off
-                    k = lo + ((-(lo - base)) % L)
-                    while k < hi:
-                        cuts.add(k)
-                        k += L
-            pts = sorted({a, b, h, t} | cuts)
-            pieces = [(x, y - x) for x, y in zip(pts, pts[1:]) if y > x]
-        for o, c in pieces:
-            d, s_ = _flat_range_ap(out, o, c), _flat_range_ap(v, o - off, c)
-            if d is None or s_ is None:
-                raise CodegenError(f"concat {out.name}: range [{o}, {o + c}) does not map to one AP")
-            em.dma(d, s_)
-        off += n
-    if off != prod(out.shape):
-        raise CodegenError(f"concat inputs give {off} elements, output has {prod(out.shape)}")
+    out_img = prod(out.shape) // images
+    for n_img in range(images):
+        off = 0
+        for v in inputs:
+            n = prod(v.shape) // images
+            Lv = _row_len(v)
+            Ls = [L for L in (Lo, Lv) if L]
+            lcm = 1
+            for L in Ls:
+                lcm = lcm * L // math.gcd(lcm, L)
+            a, b = off, off + n  # output-image coordinates
+            if lcm == 1:
+                pieces = [(a, n)]
+            else:
+                bases = [(Lo, 0)] * (Lo is not None) + [(Lv, off)] * (Lv is not None)
+
+                def aligned(x):
+                    return all((x - base) % L == 0 for L, base in bases)
+                h = a
+                while h < b and not aligned(h):
+                    h += 1
+                t = b
+                while t > h and not aligned(t):
+                    t -= 1
+                cuts = set()
+                for lo, hi in ((a, h), (t, b)):
+                    for L, base in bases:
+                        k = lo + ((-(lo - base)) % L)
+                        while k < hi:
+                            cuts.add(k)
+                            k += L
+                pts = sorted({a, b, h, t} | cuts)
+                pieces = [(x, y - x) for x, y in zip(pts, pts[1:]) if y > x]
+            for o, c in pieces:
+                d = _flat_range_ap(out, n_img * out_img + o, c)
+                s_ = _flat_range_ap(v, n_img * n + o - off, c)
+                if d is None or s_ is None:
+                    raise CodegenError(f"concat {out.name}: range [{o}, {o + c}) does not map to one AP")
+                em.dma(d, s_)
+            off += n
+        if off != out_img:
+            raise CodegenError(f"concat inputs give {off} elements per image, output has {out_img}")
 
 
 def _split_tiles(ranges, P):

@@ -13,8 +13,9 @@ differ only in where tensors live: codegen and simulator are shared and the comp
    (same numbers for whole tensors) and records why in ``Plan.notes``.
 2. **Eligibility.**  A tensor can stay in SBUF when it is an intermediate (not a graph input or
    output), its producer and all its consumers are kernels that read/write resident operands in
-   place (conv2d, pool, elementwise, batch_norm, concat with nothing before its axis), and its row-split layout (see
-   ``target.codegen.values``) matches the channel mapping those kernels use.
+   place (conv2d, pool, elementwise, batch_norm, concat along channels), and its (per-image)
+   row-split layout (see ``target.codegen.values``) matches the channel mapping those kernels
+   use; with N > 1 images every partition holds its row of every image.
 3. **Capacity.**  Per kernel, SBUF bytes per partition minus the scratch that kernel needs (its
    weights loaded once: the conv kernel keeps them when they take at most a third of the free
    range, its padded band, streamed operand tiles).
@@ -80,7 +81,7 @@ def _model_of(graph: OpGraph, notes: list):
 def resident_rows(shape) -> int:
     """Partitions of the row-split layout that matches the kernels' channel mapping, or 0."""
     s = tuple(int(x) for x in shape)
-    if len(s) < 2 or s[0] != 1:
+    if len(s) < 2:
         return 0
     from target.codegen.conv import ChanMap
     cm = ChanMap(s[1], 128)
@@ -181,13 +182,13 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             why_not[r] = f"kernel kinds {sorted(kinds - RESIDENT_KINDS)} read/write HBM only"
             continue
         rows = {resident_rows(tm[m].shape) for m in ms}
-        if len(rows) != 1 or 0 in rows:
+        if len(rows) != 1 or 0 in rows or len({int(tm[m].shape[0]) for m in ms}) != 1:
             why_not[r] = f"layout of shape {tuple(info.shape)} does not match the kernels' channel mapping"
             continue
         bad = False
         for u in uses + [gi]:
             g = groups[u]
-            if g.kind == "concat" and int(np.prod(tm[g.output].shape[:_axis(g, tm)])) != 1:
+            if g.kind == "concat" and _axis(g, tm) != 1 and int(np.prod(tm[g.output].shape[:_axis(g, tm)])) != 1:
                 bad = True
             if g.kind == "elementwise":
                 oshape = tuple(tm[g.output].shape)
@@ -232,7 +233,8 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         if b.name in alloc.slots:
             resident.add(b.name)
             placements.append(TensorPlacement(b.name, "sbuf", start_partition=0, num_partitions=b.partitions,
-                                              offset=alloc.offset(b.name), nbytes=alloc.slots[b.name][1]))
+                                              offset=alloc.offset(b.name), nbytes=alloc.slots[b.name][1],
+                                              images=int(tm[b.name].shape[0])))
     aliased = {p.name for p in placements}
     for t in graph.tensors:
         if t.name not in aliased and not t.is_constant:
