@@ -55,3 +55,12 @@ def test_sbuf_too_small_is_an_allocation_error():
     g, _ = _graph()
     with pytest.raises(AllocationError):
         compile_graph(g, cfg)
+
+
+def test_schedule_choices_are_recorded_per_kernel():
+    g, y = _graph()
+    cp = compile_graph(g, "inf2")
+    (tag, kv), = cp.schedule
+    d = dict(kv)
+    assert tag == "lv0:conv2d" and d["mode"] == "channel" and d["tap_pack"] == 2
+    assert "tap_pack=2" in cp.schedule_text()

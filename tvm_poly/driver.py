@@ -36,6 +36,12 @@ class CompiledProgram:
     dtype: str = "float32"
     compile_seconds: float = 0.0
     runtime_weights: tuple = ()  # (hbm name, graph tensor name) of weights given at run time
+    schedule: tuple = ()  # (kernel tag, ((choice, value), ...)): tiling chosen by the codegen
+
+    def schedule_text(self) -> str:
+        """The codegen's per-kernel schedule choices, one line per kernel."""
+        return "\n".join(f"{tag:24} " + ", ".join(f"{k}={v}" for k, v in kv if v is not None)
+                         for tag, kv in self.schedule)
 
     def run(self, values: dict, check: bool = True, trace: bool = False):
         """values: graph tensor name -> array.  Returns (outputs by graph name, report)."""
@@ -194,5 +200,6 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         if o not in produced:
             raise CodegenError(f"graph output {o} is not produced by any NeuronCore kernel")
     program = em.finish()
+    schedule = tuple((g.tag, tuple(em.notes.get(g.tag, {}).items())) for g in plan.groups)
     return CompiledProgram(program, ctx.constants, tuple(ctx.inputs), tuple(ctx.outputs), plan, cfg,
-                           dtype, time.perf_counter() - t0, tuple(ctx.runtime_weights))
+                           dtype, time.perf_counter() - t0, tuple(ctx.runtime_weights), schedule)

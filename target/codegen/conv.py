@@ -267,6 +267,11 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         raise AllocationError(f"conv2d {x.shape}->{out.shape}: one output row needs "
                               f"{band_bytes(1)} B per partition, {free} B free")
     nb = 2 if N * nbands > 1 else 1
+    em.note(mode=("packed" if packed else "channel"), k_tiles=KT, k_blocked=km.blocked,
+            c_tiles=(None if packed else CT), c_blocked=(None if packed else cm.blocked),
+            rows=(len(chunks[0]) if packed else wparts), phases=(nphase if packed else None),
+            tap_pack=(None if packed else tpack), k_groups=len(kgroups), band_rows=bo, bands=N * nbands,
+            resident_in=res_in, resident_out=res_out)
     if packed:
         in_pools = [em.pool("sbuf", len(ch), bo * Wu * it, cdt, nb, f"conv_in{q}_") for q, ch in enumerate(chunks)]
         pad_pool = None

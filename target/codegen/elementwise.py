@@ -224,6 +224,7 @@ def _run_rows(em, out, inputs, op, post, cdt, rows_total, outer, ap_for, kinds, 
             pools[k] = em.pool("sbuf", rows, it, cdt, BUFS, f"ewc{k}_")
     if tile_sizes is None:
         tile_sizes = lambda nc: [nc]
+    em.note(rows=min(P, rows_total), chunk_elems=chunk * inner, chunks=-(-rows_total // P) * -(-outer // chunk))
     steps = [(r0, min(P, rows_total - r0), c0, min(chunk, outer - c0))
              for r0 in range(0, rows_total, P) for c0 in range(0, outer, chunk)]
 

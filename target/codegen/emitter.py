@@ -329,6 +329,7 @@ class Emitter:
         self.hbm: list[isa.HbmTensor] = []
         self._hbm_names: dict[str, HbmRef] = {}
         self._hbm_top = 0
+        self.notes: dict = {}  # tag -> schedule choices (see note())
         self._ro_ranges, self._ro_starts, self._ro_count = [], [], 0  # ascending (offsets grow)
         self.tag = ""
         self.pe_rows = int(getattr(config, "pe_rows", 128))
@@ -336,6 +337,10 @@ class Emitter:
         self.max_moving_free = int(getattr(config, "max_moving_free", 512))
 
     # ---------------------------------------------------------------- memory
+    def note(self, **kv):
+        """Record schedule choices of the current kernel (``em.tag``): CompiledProgram.schedule."""
+        self.notes.setdefault(self.tag, {}).update(kv)
+
     def hbm_tensor(self, name: str, shape, dtype: str, kind: str = "scratch") -> HbmRef:
         if name in self._hbm_names:
             raise CodegenError(f"HBM tensor {name!r} defined twice")

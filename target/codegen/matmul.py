@@ -47,6 +47,8 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
     if KT * NC * it * (1 if NC == N else 2) > budget:
         raise CodegenError(f"matmul: B [{Kd}, {N}] chunk does not fit SBUF")
     nchunks = -(-N // NC)
+    em.note(k_tiles=KT, k_blocked=blocked, n_chunk=NC, n_chunks=nchunks, m_tiles=-(-M // P),
+            a_transpose=("dma" if M <= SMALL_M else "tensor"))
     bpool = em.pool("sbuf", parts, KT * NC * it, cdt, 2 if nchunks > 1 else 1, "mm_b")
 
     def load_b(c):

@@ -97,6 +97,7 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
         # bands side by side on partition blocks: with C = 32/64 channels, G bands share one
         # set of Vector instructions over G*C partitions (block starts obey the start rule)
         G = P // C if (CT == 1 and C in (32, 64) and divmap is None) else 1
+        em.note(c_tiles=CT, band_rows=bo, bands=-(-OH // bo), bands_side_by_side=G)
         for n in range(N):
             bl = list(range(0, OH, bo))
             for g0 in range(0, len(bl), G):
