@@ -27,6 +27,7 @@ from .emitter import AllocationError, CodegenError, Emitter
 from .values import Value
 
 
+WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer rounds of per-DMA latency
 PIPE_MIN_BYTES = 512 * 1024  # input loads at least this big are pipelined in row bands
 
 
@@ -405,7 +406,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         t = wpool.next()
         a = wconsts[gi]
         em.dma_split(t.ap((a.shape[1],), partitions=a.shape[0]),
-                     wvals[gi].flat_ap(0, a.shape[0], a.shape[1], (a.shape[1],), (1,)))
+                     wvals[gi].flat_ap(0, a.shape[0], a.shape[1], (a.shape[1],), (1,)),
+                     piece_bytes=WEIGHT_PIECE_BYTES)
         return t
 
     bands = [(n, oh0, min(bo, OH - oh0)) for n in range(N) for oh0 in range(0, OH, bo)]

@@ -18,6 +18,7 @@ from .emitter import CodegenError, Emitter
 from .values import Value, prod
 
 SMALL_M = 16
+WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer DMAs
 
 
 def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func: str = "identity",
@@ -55,7 +56,8 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
         n0, nn = c * NC, min(NC, N - c * NC)
         t = bpool.next()
         if blocked or KT == 1:
-            em.dma_split(t.ap((KT, nn), (NC, 1)), b.flat_ap(n0, parts, KT * N, (KT, nn), (N, 1)))
+            em.dma_split(t.ap((KT, nn), (NC, 1)), b.flat_ap(n0, parts, KT * N, (KT, nn), (N, 1)),
+                         piece_bytes=WEIGHT_PIECE_BYTES)
         else:
             for j in range(KT):
                 em.dma_split(t.ap((nn,), (1,), j * NC, partitions=kparts(j)),
@@ -109,14 +111,27 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
         n0, nn = c * NC, min(NC, N - c * NC)
         for (m0, nm, at) in at_tiles:
             ot = opool.next()
-            for nb0 in range(0, nn, maxn):
-                nb = min(maxn, nn - nb0)
-                ps = ppool.next().ap((nb,), partitions=nm)
+            blocks = [(nb0, min(maxn, nn - nb0)) for nb0 in range(0, nn, maxn)]
+            # contraction planes outermost over all PSUM blocks of the chunk (one accumulation
+            # group per bank): the Tensor engine follows B's planes as they arrive
+            pss = [ppool.next().ap((nb,), partitions=nm) for _, nb in blocks] if len(blocks) <= len(ppool.tiles) else None
+            if pss is not None:
                 for j in range(KT):
                     kp = kparts(j)
-                    em.matmul(ps, at.ap((nm,), (1,), j * nm, partitions=kp),
-                              bt.ap((nb,), (1,), j * NC + nb0, partitions=kp),
-                              start=j == 0, stop=j == KT - 1)
+                    for (nb0, nb), ps in zip(blocks, pss):
+                        em.matmul(ps, at.ap((nm,), (1,), j * nm, partitions=kp),
+                                  bt.ap((nb,), (1,), j * NC + nb0, partitions=kp),
+                                  start=j == 0, stop=j == KT - 1)
+            for bi, (nb0, nb) in enumerate(blocks):
+                if pss is not None:
+                    ps = pss[bi]
+                else:
+                    ps = ppool.next().ap((nb,), partitions=nm)
+                    for j in range(KT):
+                        kp = kparts(j)
+                        em.matmul(ps, at.ap((nm,), (1,), j * nm, partitions=kp),
+                                  bt.ap((nb,), (1,), j * NC + nb0, partitions=kp),
+                                  start=j == 0, stop=j == KT - 1)
                 o = ot.ap((nb,), (1,), nb0, partitions=nm)
                 if brep is not None:
                     em.tt(o, ps, brep.ap((nb,), (1,), n0 + nb0, partitions=nm), op="add")
