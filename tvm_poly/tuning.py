@@ -342,6 +342,23 @@ def tune_plan(graph, plan, config, dtype: str, options: TuneOptions = None, log=
     ms = _ms()
     install_lowerings()
     wls = workloads(graph, plan, dtype, config)
+    os.makedirs(options.work_dir, exist_ok=True)
+    # one process at a time per database: JSONDatabase appends workloads by the index it counted
+    # when it loaded the file, so two writers would cross their records' workload indices
+    import fcntl
+
+    lock = open(os.path.join(options.work_dir, ".lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        return _tune_locked(wls, config, dtype, options, log, ms)
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def _tune_locked(wls, config, dtype, options, log, ms):
+    import tvm
+
     db = _database(options.work_dir)
     target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
     builder, runner = _make_builder_runner(wls, config, dtype)
