@@ -35,12 +35,9 @@ def run_one(name, batch, cfg, dtype):
     from tvm_poly.models import light_model, random_inputs, reference_outputs, rel_err, input_specs
 
     model = light_model(name, seed=0, logits=True)
-    if batch != 1:  # the light models have a fixed batch of 1: rewrite the leading dims
-        for vi in list(model.graph.input) + list(model.graph.output):
-            d = vi.type.tensor_type.shape.dim
-            if len(d):
-                d[0].dim_value = batch
-        del model.graph.value_info[:]
+    if batch != 1:  # the light models have a fixed batch of 1: re-batch (inputs, outputs, Reshape)
+        from tvm_poly.frontend import with_batch
+        model = with_batch(model, batch)
     shapes = {n: (batch,) + tuple(s[1:]) for n, s, _ in input_specs(model)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -168,17 +168,95 @@ def allocate(buffers, capacity, size: int, forced_spills=None) -> Allocation:
 
 def resident_deaths(plan, root=lambda n: n) -> dict:
     """{group index: [resident tensor names]}: the kernel after which each SBUF-placed tensor
-    (through its aliases, ``root`` maps a name to its buffer) is dead and its range may be freed."""
-    res = {t.name for t in plan.tensors if t.placement == "sbuf"}
+    (through its aliases, ``root`` maps a name to its buffer) is dead and its range may be freed.
+    A sub-batch buffer (batch tiling: placement.images == k of a kernel's ``images`` (n0, k)) dies
+    once per sub-batch, after its last reader there."""
+    res = {t.name: t for t in plan.tensors if t.placement == "sbuf"}
     last = {}
     for gi, g in enumerate(plan.groups):
-        if root(g.output) in res:
-            last.setdefault(root(g.output), gi)
-        for i in g.inputs:
-            r = root(i)
-            if r in res:
-                last[r] = gi
+        sub = g.param("images")
+        for nm in (g.output,) + tuple(g.inputs):
+            r = root(nm)
+            if r not in res:
+                continue
+            per = sub is not None and int(getattr(res[r], "images", 1) or 1) == sub[1]
+            last[(r, sub[0] if per else None)] = gi
     out = {}
-    for nm, gi in last.items():
+    for (nm, _), gi in last.items():
         out.setdefault(gi, []).append(nm)
     return out
+
+
+def release_dead(ctx, names):
+    """Free the SBUF ranges of resident tensors after their last reader (a sub-batch buffer is
+    reserved again by the next sub-batch's producer)."""
+    for nm in names:
+        v = ctx.values.get(nm)
+        if v is not None and v.sbuf is not None:
+            ctx.em.free(v.sbuf)
+        if f"{nm}@sub" in ctx.values:
+            ctx.values.pop(f"{nm}@sub")
+            ctx.values.pop(nm, None)
+
+
+def batch_views(ctx, g, n0: int, k: int) -> dict:
+    """Before lowering a kernel that runs on images [n0, n0+k) of the batch (``images`` param of a
+    poly plan): swap in Values of that sub-batch for its activation operands and output.  A
+    tensor with a ``k``-image SBUF buffer (placement.images == k < N) is that buffer (reused by
+    every sub-batch); any other tensor is viewed (HBM: byte offset; SBUF per-image layout: the
+    images' columns).  Returns what to restore after the lowering (:func:`restore_views`)."""
+    from target import isa
+    from target.codegen.emitter import HbmRef, Tile
+    from target.codegen.values import Value
+
+    tm = ctx.tm
+    saved = {}
+    names = [i for i in g.inputs if not tm[i].is_constant and tm[i].kind != "weight"] + [g.output]
+    for nm in dict.fromkeys(names):
+        shape = tuple(tm[nm].shape)
+        if not shape or shape[0] < n0 + k:
+            continue
+        N = shape[0]
+        pl = ctx.plan.placement(ctx.root(nm))
+        sub = pl.placement == "sbuf" and 1 <= int(getattr(pl, "images", 1) or 1) == k < N
+        saved.setdefault(nm, ctx.values.get(nm))
+        if sub:
+            r = ctx.root(nm)
+            buf = ctx.values.get(f"{r}@sub")
+            if buf is None:
+                tile = ctx.em.sbuf_resident(pl.start_partition, pl.num_partitions, pl.offset, pl.nbytes,
+                                            ctx.cdt, r)
+                buf = Value(r, (k,) + tuple(tm[r].shape[1:]), ctx.cdt, sbuf=tile, images=k)
+                ctx.values[f"{r}@sub"] = buf
+            if saved[nm] is None:
+                saved[nm] = buf  # stays registered: resident_deaths frees it after its last reader
+            ctx.values[nm] = Value(nm, (k,) + shape[1:], buf.dtype, sbuf=buf.sbuf, images=k)
+            continue
+        full = saved[nm]
+        if full is None:
+            full = ctx.out(nm) if nm == g.output else ctx.value(nm)
+            saved[nm] = full
+        img = 1
+        for d in shape[1:]:
+            img *= int(d)
+        if full.hbm is not None:
+            t = full.hbm.tensor
+            it = isa.DTYPES[t.dtype]
+            view = HbmRef(isa.HbmTensor(t.name, t.offset + n0 * img * it, (k,) + shape[1:], t.dtype, t.kind))
+            ctx.values[nm] = Value(nm, (k,) + shape[1:], full.dtype, hbm=view)
+        else:
+            tl = full.sbuf
+            L = img // tl.partitions
+            it = isa.DTYPES[full.dtype]
+            view = Tile(tl.mem, tl.partitions, tl.offset + n0 * L * it, k * L * it, tl.dtype, tl.name,
+                        tl.start_partition)
+            ctx.values[nm] = Value(nm, (k,) + shape[1:], full.dtype, sbuf=view, images=k)
+    return saved
+
+
+def restore_views(ctx, saved: dict):
+    for nm, v in saved.items():
+        if v is None:
+            ctx.values.pop(nm, None)
+        else:
+            ctx.values[nm] = v

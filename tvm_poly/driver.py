@@ -182,18 +182,19 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         ref = em.hbm_tensor(nm, t.shape, "fp32", "input")
         ctx.values[nm] = Value(nm, tuple(t.shape), "fp32", hbm=ref)
         ctx.inputs.append((nm, nm))
-    from .allocation import resident_deaths
+    from .allocation import batch_views, release_dead, resident_deaths, restore_views
     deaths = resident_deaths(plan, ctx.root)  # group index -> resident tensors read last there
     for gi, g in enumerate(plan.groups):
         fn = LOWERINGS.get(g.kind)
         if fn is None:
             raise CodegenError(f"{g.tag}: no NeuronCore lowering for kernel kind {g.kind!r}")
         em.tag = g.tag
+        sub = g.param("images")  # poly batch tiling: this kernel runs on images [n0, n0 + k)
+        saved = batch_views(ctx, g, *sub) if sub else None
         fn(ctx, g)
-        for nm in deaths.get(gi, ()):  # free resident buffers after their last reader (the
-            v = ctx.values.get(nm)  # planner reuses their range for later tensors)
-            if v is not None and v.sbuf is not None:
-                em.free(v.sbuf)
+        if saved is not None:
+            restore_views(ctx, saved)
+        release_dead(ctx, deaths.get(gi, ()))  # free resident buffers after their last reader
     # graph outputs that are graph inputs / constants / aliases of inputs need a copy kernel
     produced = {o for _, o in ctx.outputs}
     for o in graph.outputs:

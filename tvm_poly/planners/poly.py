@@ -33,7 +33,7 @@ import numpy as np
 
 from tvm_poly.allocation import Buffer, allocate
 from tvm_poly.graph import OpGraph
-from tvm_poly.plan import Plan, TensorPlacement
+from tvm_poly.plan import GroupPlan, Plan, TensorPlacement
 from tvm_poly.planners.per_op import plan_per_op
 
 RESIDENT_KINDS = {"conv2d", "elementwise", "batch_norm", "pool", "concat"}
@@ -114,6 +114,21 @@ def _scratch_need(graph, g, it, size) -> int:
     else:
         need = 65536
     return int(min(need, 0.85 * size))
+
+
+BATCH_KINDS = {"conv2d", "elementwise", "batch_norm", "pool", "concat"}
+
+
+def _weight_bytes(graph, g, it) -> int:
+    """HBM bytes of the weights kernel ``g`` loads (constants it reads, at the compute dtype)."""
+    tm = graph.tensor_map
+    n = 0
+    for op in g.ops:
+        for i in graph.node(op).inputs:
+            t = tm[i]
+            if t.is_constant and len(t.shape) >= 2:
+                n += int(np.prod(t.shape)) * it
+    return n
 
 
 def _axis(g, tm):
@@ -224,17 +239,61 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         buffers.append(Buffer(r, start, end, rows, nbytes, tuple(uses), elems * it, reload))
 
     capacity = [max(0, size - _scratch_need(graph, g, it, size)) for g in groups]
-    alloc = allocate(buffers, capacity, size)
+    # ---- batch tiling: kernels [0, s) run per sub-batch of k images (their intermediates hold
+    # k images and are reused by the next sub-batch; their weights load N/k times), kernels
+    # [s, m) over the whole batch.  (k, s) minimises spill + extra weight traffic.
+    N = int(tm[graph.inputs[0]].shape[0]) if graph.inputs and len(tm[graph.inputs[0]].shape) else 1
+    wbytes = [_weight_bytes(graph, g, it) for g in groups]
+    sep = 0
+    while sep < len(groups) and groups[sep].kind in BATCH_KINDS and \
+            all(int(tm[i].shape[0]) == N for i in (groups[sep].output,) + tuple(
+                x for x in groups[sep].inputs if not tm[x].is_constant) if len(tm[i].shape)):
+        sep += 1
+
+    def variant(k, cut):
+        bs = []
+        for b in buffers:
+            if b.start < cut:
+                if b.end < cut:  # internal to the sub-batch segment: k images
+                    bs.append(Buffer(b.name, b.start, b.end, b.partitions, b.nbytes * k // N, b.uses,
+                                     b.save_bytes, b.reload_bytes))
+                else:  # crosses into the full-batch part: live through every sub-batch
+                    bs.append(Buffer(b.name, 0, b.end, b.partitions, b.nbytes, b.uses,
+                                     b.save_bytes, b.reload_bytes))
+            else:
+                bs.append(b)
+        al = allocate(bs, capacity, size)
+        cost = al.spill_save_bytes + al.spill_reload_bytes + (N // k - 1) * sum(wbytes[:cut])
+        return cost, al, bs
+
+    best = (*variant(N, 0), N, 0)
+    if N > 1 and best[0] > 0:
+        cuts = sorted({c for c in range(1, sep + 1)})
+        for k in [d for d in range(1, N) if N % d == 0]:
+            for cut in cuts:
+                c, al, bs = variant(k, cut)
+                if c < best[0]:
+                    best = (c, al, bs, k, cut)
+    _, alloc, buffers, sub_k, cut = best
     alloc.check()
+    if cut:
+        notes.append(f"batch tiling: kernels 0..{cut - 1} run per {sub_k} of {N} images "
+                     f"(weights of that segment load {N // sub_k}x)")
+        steps = [GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output,
+                           tuple(sorted(g.params + (("images", (n0, sub_k)),))))
+                 for n0 in range(0, N, sub_k) for g in groups[:cut]] + groups[cut:]
+    else:
+        steps = groups
 
     placements = [t for t in base.tensors if t.placement == "alias"]
     resident = set()
     for b in buffers:
         if b.name in alloc.slots:
             resident.add(b.name)
+            imgs = sub_k if cut and b.end < cut and b.start < cut else int(tm[b.name].shape[0])
             placements.append(TensorPlacement(b.name, "sbuf", start_partition=0, num_partitions=b.partitions,
                                               offset=alloc.offset(b.name), nbytes=alloc.slots[b.name][1],
-                                              images=int(tm[b.name].shape[0])))
+                                              images=imgs))
     aliased = {p.name for p in placements}
     for t in graph.tensors:
         if t.name not in aliased and not t.is_constant:
@@ -266,7 +325,9 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         "polyhedral_model": pm is not None,
         "planner_seconds": round(time.perf_counter() - t0, 3),
     }
-    plan = PolyPlan("poly", dtype, tuple(placements), tuple(groups),
+    info["batch_tiling"] = (sub_k, cut)
+    info["extra_weight_bytes"] = (N // sub_k - 1) * sum(wbytes[:cut]) if cut else 0
+    plan = PolyPlan("poly", dtype, tuple(placements), tuple(steps),
                     info=tuple(sorted(info.items())), notes=tuple(notes))
     object.__setattr__(plan, "_allocation", alloc)
     return plan
