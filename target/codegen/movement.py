@@ -3,9 +3,9 @@
 These move bytes and compute nothing, so they run on the DMA queues only:
 
 * ``concat``: every input is copied into its slice of the output.  For HBM-placed
-  tensors it is one HBM->HBM DMA per input (split across queues), with the contiguous
-  block of each outer index viewed as rows of >= 4 KiB where possible (the DMA efficiency
-  curve counts contiguous bytes per row).  For SBUF-resident values along the channel
+  tensors it is one HBM->HBM DMA per input and outer index: the contiguous block as one
+  row (the DMA efficiency curve counts contiguous bytes per row), cut by ``dma_split``
+  into pieces on different queues; blocks under 2 KiB become one row per outer index.  For SBUF-resident values along the channel
   axis the copy goes through :meth:`Value.chan_ap` (an SBUF<->HBM or SBUF->SBUF DMA).
 * ``permute_dims``: the output is written in row-major order; the source is read with the
   permuted strides (a strided DMA descriptor, as DMA engines do for transposes).  Dims
