@@ -223,20 +223,25 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             if (ls, le) != (start, end):
                 notes.append(f"{r}: model liveness {ls}..{le} vs graph {start}..{end}; model used")
                 start, end = min(ls, start), max(le, end)
-        # spill cost: producer stores it once, every consumer reloads its exact read footprint
+        # spill cost: producer stores it once, every consumer reloads its read footprint (whole
+        # tensor here; exact isl footprints replace it below as soon as anything must spill)
+        buffers.append(Buffer(r, start, end, rows, nbytes, tuple(uses), elems * it, elems * it * len(uses)))
+
+    def exact_reload(b):
+        """Bytes the consumers of ``b`` would reload from HBM: their exact read footprints."""
         reload = 0
-        for u in uses:
+        for u in b.uses:
             fp = None
-            if pm is not None and r in getattr(pm, "arrays", {}):
+            if pm is not None and b.name in getattr(pm, "arrays", {}):
                 try:
                     from tvm_poly.queries import footprint
                     doms = _group_statements(pm, groups[u])
                     if doms:
-                        fp = footprint(pm, doms, r, "read", elem_bytes=it).bytes
+                        fp = footprint(pm, doms, b.name, "read", elem_bytes=it).bytes
                 except Exception:  # noqa: BLE001
                     fp = None
-            reload += fp if fp is not None else elems * it
-        buffers.append(Buffer(r, start, end, rows, nbytes, tuple(uses), elems * it, reload))
+            reload += fp if fp is not None else b.save_bytes
+        return Buffer(b.name, b.start, b.end, b.partitions, b.nbytes, b.uses, b.save_bytes, reload)
 
     capacity = [max(0, size - _scratch_need(graph, g, it, size)) for g in groups]
     # ---- batch tiling: kernels [0, s) run per sub-batch of k images (their intermediates hold
@@ -267,6 +272,9 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         return cost, al, bs
 
     best = (*variant(N, 0), N, 0)
+    if best[1].spilled:  # spills are chosen by reload cost: make it exact (isl footprints)
+        buffers = [exact_reload(b) for b in buffers]
+        best = (*variant(N, 0), N, 0)
     if N > 1 and best[0] > 0:
         cuts = sorted({c for c in range(1, sep + 1)})
         for k in [d for d in range(1, N) if N % d == 0]:
