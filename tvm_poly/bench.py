@@ -126,7 +126,7 @@ def run_cell(model, planner, config, dtype, batch, reference=True, keep=None) ->
         info = getattr(cp.plan, "info", None)
         if planner == "tuned":
             from .planners import tuned as _t
-            info = {"workloads": _t.LAST.get("workloads", {})}
+            info = {"workloads": _t.LAST.get("workloads", {}), "whole_program": _t.LAST.get("whole_program")}
         cell.update({
             "status": "ok", "error": None,
             "hbm_read_bytes": int(rep.hbm_read_bytes), "hbm_write_bytes": int(rep.hbm_write_bytes),

@@ -39,13 +39,69 @@ def plan_tuned(graph: OpGraph, config=None, dtype: str = "float32") -> Plan:
     res = tuning.tune_plan(graph, base, config, dtype, options(), log=OPTIONS.get("log"))
     LAST.clear()
     LAST.update(res)
+    tuning.install_lowerings()
+    plan = _with_knobs(base, res["knobs"])
+    if OPTIONS.get("whole_program_check", True) and any(res["knobs"].values()):
+        plan = _whole_program_guard(graph, config, dtype, base, plan, res)
+    return plan
+
+
+def _with_knobs(base: Plan, knobs_by_group: dict) -> Plan:
     groups = []
     for g in base.groups:
-        knobs = res["knobs"].get(g.name)
+        knobs = knobs_by_group.get(g.name)
         if knobs:
             ps = dict(g.params)
             ps["knobs"] = tuple(sorted(knobs.items()))
             g = GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(ps.items())))
         groups.append(g)
-    tuning.install_lowerings()
-    return Plan("tuned", dtype, base.tensors, tuple(groups))
+    return Plan("tuned", base.dtype, base.tensors, tuple(groups))
+
+
+def _program_cycles(graph, config, dtype, plan) -> int:
+    import numpy as np
+
+    from tvm_poly.driver import compile_graph
+
+    cp = compile_graph(graph, config, dtype=dtype, plan=plan)
+    rng = np.random.default_rng(0)
+    vals = {n: rng.standard_normal(graph.tensor(n).shape).astype(np.float32) for n in graph.inputs}
+    for t in graph.tensors:
+        if t.kind == "weight" and not t.is_constant:
+            vals[t.name] = rng.standard_normal(t.shape).astype(np.float32)
+    _, rep = cp.run(vals, check=False)
+    return int(rep.cycles)
+
+
+def _whole_program_guard(graph, config, dtype, base, plan, res):
+    """Kernels are tuned alone; in the whole program, overlap across kernel boundaries can eat a
+    small per-kernel gain.  Simulate the program with and without the knobs; if the tuned one is
+    slower, keep only the knobs whose gain alone is large (2 %, then 5 %), else none."""
+    try:
+        c0 = _program_cycles(graph, config, dtype, base)
+        c1 = _program_cycles(graph, config, dtype, plan)
+    except Exception as e:  # noqa: BLE001 - the guard must not break planning
+        LAST["whole_program"] = {"error": f"{type(e).__name__}: {e}"}
+        return plan
+    info = {"per_op_cycles": c0, "tuned_cycles": c1, "kept": "all"}
+    if c1 > c0:
+        gain = {}
+        for w in res["workloads"].values():
+            g = 1 - w["tuned_cycles"] / max(1, w["default_cycles"])
+            for k in w["kernels"]:
+                gain[k] = g
+        chosen = None
+        for thr in (0.02, 0.05):
+            kn = {k: v for k, v in res["knobs"].items() if v and gain.get(k, 0) >= thr}
+            if not kn:
+                continue
+            p2 = _with_knobs(base, kn)
+            c2 = _program_cycles(graph, config, dtype, p2)
+            if c2 <= c0:
+                chosen, info = p2, {"per_op_cycles": c0, "tuned_cycles": c2, "kept": f"gain >= {thr:.0%}"}
+                break
+        if chosen is None:
+            chosen, info = _with_knobs(base, {}), {"per_op_cycles": c0, "tuned_cycles": c0, "kept": "none"}
+        plan = chosen
+    LAST["whole_program"] = info
+    return plan
