@@ -105,12 +105,13 @@ def _scratch_need(graph, g, it, size) -> int:
         blocks = CT * KT if groups == 1 else max(CT, KT)
         w = blocks * R * S * Mk * it
         pad = tuple(node.attr("padding", (0, 0, 0, 0)))
-        padb = CT * (H + 2 * max(pad or (0,))) * (W + 2 * max(pad or (0,))) * it if any(pad) else 0
-        need = 3 * w + padb + 16384
+        packed = groups == 1 and C < 16 and R * S > 1
+        padb = CT * (H + 2 * max(pad or (0,))) * (W + 2 * max(pad or (0,))) * it if any(pad) and not packed else 0
+        need = 3 * w + padb + (32768 if packed else 16384)
         if groups == 1 and C < 16 and R * S > 1 and N == 1 and H * W * it <= 0.6 * size:
             need += H * W * it  # the packed stem stages its input once (conv2d "load once")
     elif g.kind == "elementwise":
-        need = 3 * 16384 * (len(g.inputs) + 1)
+        need = 3 * 16384 * 2  # one streamed operand + output tiles (resident operands need none)
     else:
         need = 65536
     return int(min(need, 0.85 * size))
