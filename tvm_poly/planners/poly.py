@@ -14,15 +14,22 @@ differ only in where tensors live: codegen and simulator are shared and the comp
 2. **Eligibility.**  A tensor can stay in SBUF when it is an intermediate (not a graph input or
    output), its producer and all its consumers are kernels that read/write resident operands in
    place (conv2d, pool, elementwise, batch_norm, concat along channels), and its (per-image)
-   row-split layout (see ``target.codegen.values``) matches the channel mapping those kernels
-   use; with N > 1 images every partition holds its row of every image.
+   row-split layout (``target.codegen.values``) matches the channel mapping those kernels use
+   (``ChanMap``: C <= 128, or blocked C = parts x T); with N > 1 images every partition holds its
+   row of every image (``TensorPlacement.images``).
 3. **Capacity.**  Per kernel, SBUF bytes per partition minus the scratch that kernel needs (its
    weights loaded once: the conv kernel keeps them when they take at most a third of the free
-   range, its padded band, streamed operand tiles).
+   range; its padded band; the packed stem's staged input; streamed operand tiles).
 4. **Allocation.**  :func:`tvm_poly.allocation.allocate`: interval colouring by lifetime,
-   first fit from the top of SBUF, spill choice by reload bytes and distance to the next use.
-   Spilled tensors stay in HBM for their whole life (``spill_save_bytes`` / ``spill_reload_bytes``
-   count the store and the consumers' reloads).
+   first fit from the top of SBUF, spill choice by reload bytes (exact isl read footprints of the
+   consumers, computed when something must spill) and distance to the next use.  Spilled tensors
+   stay in HBM for their whole life (``spill_save_bytes`` / ``spill_reload_bytes``).
+5. **Batch tiling.**  When the whole-batch allocation spills, kernels [0, s) (a prefix of
+   batch-separable kernels) run per sub-batch of k images: their intermediates get k-image
+   buffers reused by every sub-batch, their weights load N/k times; tensors crossing into the
+   whole-batch part are live through all sub-batches.  (k, s) minimises spill bytes + extra
+   weight bytes.  Plan groups of a sub-batch carry ``images=(n0, k)``; the driver hands the
+   lowering sub-batch views (``tvm_poly.allocation.batch_views``).
 """
 from __future__ import annotations
 
