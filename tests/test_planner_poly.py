@@ -156,3 +156,27 @@ def test_batch_tiling_when_activations_exceed_sbuf():
     bb, rb = cp.run({"x": xv})
     assert np.linalg.norm(a[o] - bb[o]) <= 2e-2 * np.linalg.norm(a[o])
     assert rb.hbm_read_bytes + rb.hbm_write_bytes < ra.hbm_read_bytes + ra.hbm_write_bytes
+
+
+def test_poly_through_tvm_compile_option():
+    """tvm.compile(target="polyinf") with tvm_poly.options(planner="poly")."""
+    import os
+    import sys
+
+    import tvm
+    from tvm import relax
+
+    import tvm_poly
+    from tvm_poly import frontend, models
+    sys.path.insert(0, os.path.dirname(__file__))
+    import _onnx_tiny
+
+    model = _onnx_tiny.tiny_cnn()
+    x = models.random_inputs(model, seed=1)
+    ref = models.reference_outputs(model, x)["y"]
+    with tvm_poly.options(planner="poly"):
+        ex = tvm.compile(frontend.load_onnx(model), target="polyinf")
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x["x"])).numpy()
+    assert models.rel_err(out, ref) <= 1e-3
+    assert tvm_poly.last_report().to_dict()["planner"] == "poly"
