@@ -78,6 +78,8 @@ def _model_of(graph: OpGraph, notes: list):
         pm = extract(legalize(mod))
         if opaque:
             notes.append(f"nodes outside the polyhedral model: {', '.join(sorted(opaque))}")
+        while len(_MODELS) >= 4:  # a few recent models (a pipeline plans each segment twice)
+            _MODELS.pop(next(iter(_MODELS)))
         _MODELS[id(graph)] = (graph, pm)
         return pm
     except Exception as e:  # noqa: BLE001 - any failure: whole-tensor view
