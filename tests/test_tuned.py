@@ -116,3 +116,24 @@ def test_tuned_planner_end_to_end(tuned, monkeypatch):
             ref += np.einsum("kc,nchw->nkhw", wv[:, :, i, j], xp[:, :, i:i + 20, j:j + 20])
     ref = np.maximum(ref + np.asarray(tm[b].value), 0)
     assert rel_err(outs[r], ref) <= TOL["float32"]
+
+
+def test_whole_program_guard_never_slower_than_per_op(tuned, monkeypatch):
+    """If the program with tuned kernels simulates slower than per-op, the knobs are dropped."""
+    from tvm_poly.planners import tuned as tuned_mod
+
+    g, *_ = _conv_graph()
+    monkeypatch.setitem(tuned_mod.OPTIONS, "db", tuned["db"])
+    monkeypatch.setitem(tuned_mod.OPTIONS, "trials", 6)
+    calls = []
+
+    def fake_cycles(graph, config, dtype, plan):
+        has = any(gp.param("knobs") for gp in plan.groups)
+        calls.append(has)
+        return 200 if has else 100  # tuned looks slower in the whole program
+
+    monkeypatch.setattr(tuned_mod, "_program_cycles", fake_cycles)
+    plan = tuned_mod.plan_tuned(g, None, "float32")
+    assert not any(gp.param("knobs") for gp in plan.groups)
+    assert tuned_mod.LAST["whole_program"]["kept"] == "none"
+    assert calls[:2] == [False, True]
