@@ -101,3 +101,28 @@ def test_unexpressible_nodes_are_fusion_barriers():
     by = {nm: tuple(grp) for grp in groups for nm in grp}
     assert by[n["a"]] == (n["a"],)
     assert by[n["c1"]] == (n["c1"], n["b1"], n["r1"])
+
+
+@pytest.mark.parametrize("planner", ["fused", "tuned"])
+def test_selectable_through_tvm_compile(planner, tmp_path, monkeypatch):
+    """``tvm.compile(..., target="polyinf")`` with options(planner=...) runs the comparison planners."""
+    import tvm
+    from tvm import relax
+
+    import tvm_poly
+    from tests._onnx_tiny import tiny_cnn
+    from tvm_poly import frontend, models, pipeline
+    from tvm_poly.planners import tuned as tuned_mod
+
+    monkeypatch.setitem(tuned_mod.OPTIONS, "db", str(tmp_path / "db"))
+    monkeypatch.setitem(tuned_mod.OPTIONS, "trials", 2)
+    model = tiny_cnn()
+    x = models.random_inputs(model, seed=1)
+    ref = models.reference_outputs(model, x)["y"]
+    with tvm_poly.options(planner=planner):
+        ex = tvm.compile(frontend.load_onnx(model), target="polyinf")
+    info = pipeline.last_compile()
+    assert info["planner"] == planner and info["host_ops"] == []
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x["x"])).numpy()
+    assert models.rel_err(out, ref) <= 1e-3
