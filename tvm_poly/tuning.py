@@ -386,6 +386,14 @@ def _tune_locked(wls, config, dtype, options, log, ms):
 
             # MetaSchedule logs per-task tables to stdout (its console handler binds sys.stdout
             # when tune_tir starts): keep them out of our output; its log files go to a temp dir
+            # MetaSchedule's dictConfig re-lists the handlers on its logger by name: an unnamed one
+            # (pytest's capture handler, for one) makes it fail ('NoneType' has no 'format')
+            import logging
+
+            mslog = logging.getLogger("tvm.s_tir.meta_schedule")
+            for h in list(mslog.handlers):
+                if h.get_name() is None:
+                    mslog.removeHandler(h)
             with tempfile.TemporaryDirectory(prefix="polyinf-ms-") as logs, \
                     contextlib.redirect_stdout(io.StringIO()), _without_tensor_intrinsics():
                 ms.tune_tir(mod, target, logs, **kw)
