@@ -265,50 +265,69 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
                 x for x in groups[sep].inputs if not tm[x].is_constant) if len(tm[i].shape)):
         sep += 1
 
-    def variant(k, cut):
+    def seg_of(t, segs):
+        for sg in segs:
+            if sg[0] <= t < sg[1]:
+                return sg
+        return None
+
+    def variant(segs):
+        """segs: [(lo, hi, k)]: kernels [lo, hi) run per sub-batch of k images, in order."""
         bs = []
         for b in buffers:
-            if b.start < cut:
-                if b.end < cut:  # internal to the sub-batch segment: k images
-                    bs.append(Buffer(b.name, b.start, b.end, b.partitions, b.nbytes * k // N, b.uses,
-                                     b.save_bytes, b.reload_bytes))
-                else:  # crosses into the full-batch part: live through every sub-batch
-                    bs.append(Buffer(b.name, 0, b.end, b.partitions, b.nbytes, b.uses,
-                                     b.save_bytes, b.reload_bytes))
-            else:
+            sg = seg_of(b.start, segs)
+            if sg is None:
                 bs.append(b)
+            elif b.end < sg[1]:  # internal to the segment: k images, reused per sub-batch
+                bs.append(Buffer(b.name, b.start, b.end, b.partitions, b.nbytes * sg[2] // N, b.uses,
+                                 b.save_bytes, b.reload_bytes))
+            else:  # read after the segment: whole batch, live through all its sub-batches
+                bs.append(Buffer(b.name, sg[0], b.end, b.partitions, b.nbytes, b.uses,
+                                 b.save_bytes, b.reload_bytes))
         al = allocate(bs, capacity, size)
-        cost = al.spill_save_bytes + al.spill_reload_bytes + (N // k - 1) * sum(wbytes[:cut])
+        cost = al.spill_save_bytes + al.spill_reload_bytes + \
+            sum((N // k - 1) * sum(wbytes[lo:hi]) for lo, hi, k in segs)
         return cost, al, bs
 
-    best = (*variant(N, 0), N, 0)
+    best = (*variant([]), [])
     if best[1].spilled:  # spills are chosen by reload cost: make it exact (isl footprints)
         buffers = [exact_reload(b) for b in buffers]
-        best = (*variant(N, 0), N, 0)
-    if N > 1 and best[0] > 0:
-        cuts = sorted({c for c in range(1, sep + 1)})
-        for k in [d for d in range(1, N) if N % d == 0]:
-            for cut in cuts:
-                c, al, bs = variant(k, cut)
-                if c < best[0]:
-                    best = (c, al, bs, k, cut)
-    _, alloc, buffers, sub_k, cut = best
+        best = (*variant([]), [])
+    # greedy: add segments left to right while the total (spill + extra weight bytes) drops
+    lo = 0
+    divisors = [d for d in range(1, N) if N % d == 0]
+    while N > 1 and best[0] > 0 and lo < sep:
+        cand = None
+        for k in divisors:
+            for hi in range(lo + 1, sep + 1):
+                segs = best[3] + [(lo, hi, k)]
+                c, al, bs = variant(segs)
+                if c < best[0] and (cand is None or c < cand[0]):
+                    cand = (c, al, bs, segs)
+        if cand is None:
+            break
+        best = cand
+        lo = best[3][-1][1]
+    _, alloc, buffers, segs = best
     alloc.check()
-    if cut:
-        notes.append(f"batch tiling: kernels 0..{cut - 1} run per {sub_k} of {N} images "
-                     f"(weights of that segment load {N // sub_k}x)")
-        steps = [GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output,
-                           tuple(sorted(g.params + (("images", (n0, sub_k)),))))
-                 for n0 in range(0, N, sub_k) for g in groups[:cut]] + groups[cut:]
-    else:
-        steps = groups
+    sub_k = min((k for _, _, k in segs), default=N)
+    cut = segs[-1][1] if segs else 0
+    steps = []
+    for lo_, hi_, k in segs:
+        notes.append(f"batch tiling: kernels {lo_}..{hi_ - 1} run per {k} of {N} images "
+                     f"(weights of that segment load {N // k}x)")
+        steps += [GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output,
+                            tuple(sorted(g.params + (("images", (n0, k)),))))
+                  for n0 in range(0, N, k) for g in groups[lo_:hi_]]
+    steps += groups[cut:]
 
     placements = [t for t in base.tensors if t.placement == "alias"]
     resident = set()
     for b in buffers:
         if b.name in alloc.slots:
             resident.add(b.name)
-            imgs = sub_k if cut and b.end < cut and b.start < cut else int(tm[b.name].shape[0])
+            sg = seg_of(b.start, segs)
+            imgs = sg[2] if sg is not None and b.end < sg[1] else int(tm[b.name].shape[0])
             placements.append(TensorPlacement(b.name, "sbuf", start_partition=0, num_partitions=b.partitions,
                                               offset=alloc.offset(b.name), nbytes=alloc.slots[b.name][1],
                                               images=imgs))
@@ -344,7 +363,8 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         "planner_seconds": round(time.perf_counter() - t0, 3),
     }
     info["batch_tiling"] = (sub_k, cut)
-    info["extra_weight_bytes"] = (N // sub_k - 1) * sum(wbytes[:cut]) if cut else 0
+    info["batch_segments"] = tuple(segs)
+    info["extra_weight_bytes"] = sum((N // k - 1) * sum(wbytes[lo_:hi_]) for lo_, hi_, k in segs)
     plan = PolyPlan("poly", dtype, tuple(placements), tuple(steps),
                     info=tuple(sorted(info.items())), notes=tuple(notes))
     object.__setattr__(plan, "_allocation", alloc)
