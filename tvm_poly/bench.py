@@ -60,6 +60,17 @@ def _with_batch(model, batch):
             d[0].ClearField("dim_value")
             d[0].dim_param = "N"
     del m.graph.value_info[:]
+    # Reshape targets written for batch 1 (e.g. [1, 2048] before the classifier) follow the batch
+    from onnx import numpy_helper
+
+    inits_by_name = {t.name: t for t in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "Reshape" and len(n.input) > 1 and n.input[1] in inits_by_name:
+            t = inits_by_name[n.input[1]]
+            shape = numpy_helper.to_array(t).copy()
+            if shape.ndim == 1 and shape.size and shape[0] == 1:
+                shape[0] = batch
+                t.CopyFrom(numpy_helper.from_array(shape, t.name))
     return m
 
 

@@ -310,7 +310,9 @@ def plan_fused(graph: OpGraph, config=None, dtype: str = "float32", groups=None)
         kinds = {kernels[ki].kind} | {kernels[u].kind for u in uses}
         rows = resident_rows(tm[r].shape)
         bad = ""
-        if not kinds <= RESIDENT_KINDS:
+        if len(tm[r].shape) and int(tm[r].shape[0]) != 1:
+            bad = "batch > 1: the fused planner keeps single-image tensors only"
+        elif not kinds <= RESIDENT_KINDS:
             bad = f"kernel kinds {sorted(kinds - RESIDENT_KINDS)} read/write HBM only"
         elif not rows:
             bad = f"layout of shape {tuple(tm[r].shape)} does not match the kernels' channel mapping"
