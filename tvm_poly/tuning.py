@@ -307,7 +307,7 @@ def _make_builder_runner(workloads_by_key, config, dtype):
 class TuneOptions:
     trials: int = 8  # per workload
     strategy: str = "replay-trace"  # or "evolutionary"
-    work_dir: str = os.path.join("results", "tuning_db")
+    work_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "tvm-poly", "tuning_db")
     seed: int = 0
 
 

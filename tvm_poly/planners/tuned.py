@@ -3,7 +3,8 @@ from MetaSchedule measuring candidates on the simulator (:mod:`tvm_poly.tuning`)
 
 Options (module-level :data:`OPTIONS`, or the environment): trials per workload
 (``TVM_POLY_TUNE_TRIALS``, default 8), strategy (``TVM_POLY_TUNE_STRATEGY``: ``replay-trace`` or
-``evolutionary``), database directory (``TVM_POLY_TUNE_DB``, default ``results/tuning_db``).
+``evolutionary``), database directory (``TVM_POLY_TUNE_DB``, default ``~/.cache/tvm-poly/tuning_db``;
+``tvm-poly bench`` uses ``<out>/tuning_db``).
 The database is a MetaSchedule ``JSONDatabase``: a rerun reuses its records and tunes nothing
 that already has ``trials`` records.  MetaSchedule is imported on first use (~20-40 s).
 """
@@ -15,6 +16,7 @@ from tvm_poly.graph import OpGraph
 from tvm_poly.plan import GroupPlan, Plan
 from tvm_poly.planners.per_op import plan_per_op
 
+DEFAULT_DB = os.path.join(os.path.expanduser("~"), ".cache", "tvm-poly", "tuning_db")
 OPTIONS: dict = {}
 LAST: dict = {}  # the last tuning summary (workloads, default vs tuned cycles)
 
@@ -24,8 +26,7 @@ def options():
 
     return TuneOptions(trials=int(OPTIONS.get("trials", os.environ.get("TVM_POLY_TUNE_TRIALS", 8))),
                        strategy=str(OPTIONS.get("strategy", os.environ.get("TVM_POLY_TUNE_STRATEGY", "replay-trace"))),
-                       work_dir=str(OPTIONS.get("db", os.environ.get("TVM_POLY_TUNE_DB",
-                                                                   os.path.join("results", "tuning_db")))),
+                       work_dir=str(OPTIONS.get("db", os.environ.get("TVM_POLY_TUNE_DB", DEFAULT_DB))),
                        seed=int(OPTIONS.get("seed", 0)))
 
 
