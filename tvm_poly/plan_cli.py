@@ -57,8 +57,16 @@ def format_plan(graph, plan, it: int) -> str:
     tot = {"loaded": 0, "stored": 0, "resident": 0}
     for gi, g in enumerate(plan.groups):
         res_in, loads, w = [], [], 0
+        sub = g.param("images")
+
+        def where_g(n):  # bytes of this step's sub-batch
+            k, nb = where(n)
+            shp = tm[root(n)].shape
+            if sub and k != "weight" and len(shp) and int(shp[0]) >= sub[1]:
+                nb = nb * sub[1] // int(shp[0])
+            return k, nb
         for i in g.inputs:
-            k, nb = where(i)
+            k, nb = where_g(i)
             if k == "sbuf":
                 res_in.append(i)
             elif k == "weight":
@@ -71,14 +79,15 @@ def format_plan(graph, plan, it: int) -> str:
             for c in (v if isinstance(v, tuple) else (v,) if v else ()):
                 if c in tm:
                     w += int(np.prod(tm[c].shape)) * 4
-        k, nb = where(g.output)
+        k, nb = where_g(g.output)
         out = f"{g.output} resident" if k == "sbuf" else f"{g.output} stored {_fmt_b(nb)}"
         if k == "sbuf":
             tot["resident"] += nb
         else:
             tot["stored"] += nb
-        lines.append(f"[{gi:3d}] {g.tag:<26} tiles: whole tensor | resident in: {', '.join(res_in) or '-'}"
-                     f" | loaded: {', '.join(loads) or '-'} | weights {_fmt_b(w)} once | out: {out}")
+        tiles = f"images {sub[0]}..{sub[0] + sub[1] - 1}" if sub else "whole tensor"
+        lines.append(f"[{gi:3d}] {g.tag:<26} tiles: {tiles} | resident in: {', '.join(res_in) or '-'}"
+                     f" | loaded: {', '.join(loads) or '-'} | weights {_fmt_b(w)} {'per sub-batch' if sub else 'once'} | out: {out}")
     lines.append(f"totals: activations loaded {_fmt_b(tot['loaded'])}, stored {_fmt_b(tot['stored'])}, "
                  f"kept resident {_fmt_b(tot['resident'])}")
     if info:
@@ -86,6 +95,9 @@ def format_plan(graph, plan, it: int) -> str:
                      f"spill save {_fmt_b(info.get('spill_save_bytes', 0))}, reload "
                      f"{_fmt_b(info.get('spill_reload_bytes', 0))}; planner {info.get('planner_seconds')} s; "
                      f"polyhedral model: {'yes' if info.get('polyhedral_model') else 'no (whole-tensor view)'}")
+    for seg in info.get("batch_segments", ()) or ():
+        lo, hi, k = seg
+        lines.append(f"batch tiling: kernels {lo}..{hi - 1} run per sub-batch of {k} images")
     alloc = getattr(plan, "_allocation", None)
     if alloc is not None and alloc.slots:
         t = alloc.peak_time
