@@ -68,7 +68,7 @@ def test_run_end_to_end(files, capsys, tmp_path):
               "sbuf_peak_bytes", "psum_peak_bytes", "macs", "planner", "config", "host_ops",
               "operators"):
         assert k in r, k
-    assert r["planner"] == "per-op" and r["config"] == "inf2" and r["host_ops"] == []
+    assert r["planner"] == "poly" and r["config"] == "inf2" and r["host_ops"] == []
     assert r["inputs"]["x"]["source"] == "file" and r["reference_rel_err"]["y"] <= 1e-3
     t = json.loads(trace.read_text())
     assert len([e for e in t["traceEvents"] if e.get("ph") == "X"]) > 10

@@ -59,7 +59,7 @@ def test_resnet50_fully_offloaded_and_reported(resnet):
     assert info["device_ops"] == 176
     for k in REPORT_FIELDS:
         assert k in rep, k
-    assert rep["planner"] == "per-op" and rep["config"] == "inf2" and rep["host_ops"] == []
+    assert rep["planner"] == "poly" and rep["config"] == "inf2" and rep["host_ops"] == []
     # ResNet-50 has 4.1 GMACs; every weight is read from HBM at least once
     assert 4.0e9 < rep["macs"] < 4.2e9
     weight_bytes = sum(int(np.prod(t.dims)) * 4 for t in resnet["model"].graph.initializer)
@@ -187,7 +187,7 @@ def test_target_with_host_and_report_attributes(tiny):
     rep = tvm_poly.last_report()
     d = rep.to_dict()
     assert rep.segments == d["segments"] == 1
-    assert rep.cycles == d["cycles"] > 0 and rep.planner == "per-op" and rep.host_ops == []
+    assert rep.cycles == d["cycles"] > 0 and rep.planner == "poly" and rep.host_ops == []
     assert "cycles=" in repr(rep)
     with pytest.raises(AttributeError):
         rep.no_such_field

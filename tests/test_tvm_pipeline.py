@@ -81,7 +81,7 @@ def test_partition_and_numbers(fake_backend, ops, segments, host):
     rep = tvm_poly.last_report().to_dict()
     assert rep["segments"] == segments
     assert [h["op"] for h in rep["host_ops"]] == [h["op"] for h in info["host_ops"]]
-    assert rep["planner"] == "per-op" and rep["config"] == "inf2" and rep["dtype"] == "float32"
+    assert rep["planner"] == "poly" and rep["config"] == "inf2" and rep["dtype"] == "float32"
     n_relu = ops.count("relu")
     assert rep["hbm_read_bytes"] == n_relu * int(np.prod(SHAPE)) * 4
     assert len(rep["operators"]) == n_relu
@@ -138,7 +138,7 @@ def test_report_resets_each_inference(fake_backend):
 
 
 def test_options_validate_and_nest(fake_backend):
-    assert pipeline.current_options() == {"planner": "per-op", "dtype": "float32"}
+    assert pipeline.current_options() == {"planner": "poly", "dtype": "float32"}
     with tvm_poly.options(dtype="bf16") as o:
         assert o["dtype"] == "bfloat16"
         with tvm_poly.options(planner="per-op"):

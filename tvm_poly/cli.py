@@ -3,7 +3,7 @@
 Subcommands::
 
     tvm-poly run [MODEL.onnx | LIGHT_NAME] [--target polyinf|polyinf/inf1|CONFIG.toml]
-                 [--planner per-op] [--dtype float32|bfloat16] [--batch N]
+                 [--planner poly|per-op|fused|tuned] [--dtype float32|bfloat16] [--batch N]
                  [--input NAME=FILE.npy ...] [--seed N] [--save-outputs OUT.npz]
                  [--report OUT.json] [--trace OUT.json] [--reference] [--no-check]
     tvm-poly sim ...    (target.sim_cli: run / check a program text on the simulator)
@@ -39,10 +39,10 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="ONNX file or a bundled light model name (default: resnet50)")
     p.add_argument("--target", default="polyinf",
                    help="polyinf (NeuronCore-v2), polyinf/inf1, a hardware config .toml, or llvm")
-    from .pipeline import known_planners
+    from .pipeline import DEFAULT_OPTIONS, known_planners
 
-    p.add_argument("--planner", default="per-op",
-                   help=f"memory planner: {', '.join(known_planners())} (default per-op)")
+    p.add_argument("--planner", default=DEFAULT_OPTIONS["planner"],
+                   help=f"memory planner: {', '.join(known_planners())} (default {DEFAULT_OPTIONS['planner']})")
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     p.add_argument("--batch", type=int, default=None, help="value of a dynamic batch dimension")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",

@@ -45,7 +45,7 @@ import zlib
 from .errors import CapacityError, OptionError, PlannerError, TvmPolyError
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
-DEFAULT_OPTIONS = {"planner": "per-op", "dtype": "float32"}
+DEFAULT_OPTIONS = {"planner": "poly", "dtype": "float32"}
 RUN_FUNC = "polyinf.run"
 BEGIN_FUNC = "polyinf.begin"
 PARTITIONED_ATTR = "polyinf.partitioned"
