@@ -179,8 +179,9 @@ def inner_stream(onnx_path, work, dump, mode):
 
     hw = write_stream_hw(work)
     t0 = time.time()
+    stage = {"fusion_cut_points": "per-layer"} if mode == "lbl" else {}
     est = evaluate_mapping(hw, onnx_path, os.path.join(dump, mode),
-                           options=SolveOptions(time_limit_s=30, artifacts=False))
+                           options=SolveOptions(time_limit_s=30, artifacts=False, stage_options=stage))
     gma = est.context.get("group_memory_accesses") or {}
     bits = 0
     for g in gma.values():
@@ -325,6 +326,7 @@ def main(argv=None):
     ap.add_argument("--skip-stream", action="store_true")
     ap.add_argument("--skip-zigzag", action="store_true")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per tool run")
+    ap.add_argument("--merge", action="store_true", help="update peers.json instead of replacing it")
     a = ap.parse_args(argv)
     sys.path.insert(0, ROOT)
     os.makedirs(a.out, exist_ok=True)
@@ -340,10 +342,14 @@ def main(argv=None):
     if py is None:
         print("peers skipped: ZigZag and Stream need Python >= 3.12 and none was found "
               "(set PEERS_PYTHON=/path/to/python3.12)")
-    results = {}
+    results, jpath = {}, os.path.join(a.out, "peers.json")
+    if a.merge and os.path.exists(jpath):  # keep the other models' / skipped tools' earlier runs
+        with open(jpath) as f:
+            results = json.load(f).get("results", {})
     for model in [m for m in a.models.split(",") if m]:
-        row = {"model": model, "dtype": a.dtype, "ours": ours(a.bench, model, a.dtype),
-               "published": PUBLISHED.get(model, {})}
+        row = dict(results.get(model, {}))
+        row.update({"model": model, "dtype": a.dtype, "ours": ours(a.bench, model, a.dtype),
+                    "published": PUBLISHED.get(model, {})})
         if py is not None:
             path = export_model(model, a.dtype, work)
             if not a.skip_zigzag:
@@ -353,15 +359,16 @@ def main(argv=None):
                 except Exception as e:  # noqa: BLE001
                     row["zigzag"] = {"error": str(e)}
             if not a.skip_stream:
-                try:
-                    spath = export_model_stream(model, a.dtype, work)
-                    row["stream_fused"] = run_inner(py, ["stream", spath, work, os.path.join(work, f"st_{model}"),
-                                                         "fused"], a.timeout)
-                except Exception as e:  # noqa: BLE001
-                    row["stream_fused"] = {"error": str(e)}
+                for mode in ("fused", "lbl"):  # Stream's own fusion groups / one group per layer
+                    try:
+                        spath = export_model_stream(model, a.dtype, work)
+                        row[f"stream_{mode}"] = run_inner(py, ["stream", spath, work,
+                                                               os.path.join(work, f"st_{model}"), mode], a.timeout)
+                    except Exception as e:  # noqa: BLE001
+                        row[f"stream_{mode}"] = {"error": str(e)}
         results[model] = row
         print(_row_text(row), flush=True)
-    with open(os.path.join(a.out, "peers.json"), "w") as f:
+    with open(jpath, "w") as f:
         json.dump({"command": "python scripts/peers_stream_zigzag.py " + " ".join(argv), "hardware": HARDWARE.format(
             dram_bits=DRAM_WORD_BITS), "results": results}, f, indent=1)
     md = _markdown(results, argv)
