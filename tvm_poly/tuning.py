@@ -347,7 +347,10 @@ def tune_plan(graph, plan, config, dtype: str, options: TuneOptions = None, log=
     # when it loaded the file, so two writers would cross their records' workload indices
     import fcntl
 
-    lock = open(os.path.join(options.work_dir, ".lock"), "w")
+    import tempfile
+
+    tag = hashlib.sha1(os.path.abspath(options.work_dir).encode()).hexdigest()[:16]
+    lock = open(os.path.join(tempfile.gettempdir(), f"tvm-poly-tune-{tag}.lock"), "w")  # not in the DB dir
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         return _tune_locked(wls, config, dtype, options, log, ms)
