@@ -69,6 +69,19 @@ class Plan:
                 return t
         return TensorPlacement(name)
 
+    def alias_root(self):
+        """A function name -> the tensor whose buffer ``name`` shares (itself if not an alias)."""
+        alias = {t.name: t.alias_of for t in self.tensors if t.placement == "alias"}
+
+        def root(n):
+            seen = set()
+            while n in alias and n not in seen:
+                seen.add(n)
+                n = alias[n]
+            return n
+
+        return root
+
     def __str__(self):
         lines = [f"Plan (planner={self.planner}, dtype={self.dtype}): {len(self.groups)} kernels"]
         lines += ["  " + str(g) for g in self.groups]

@@ -32,14 +32,7 @@ def _fmt_b(n: int) -> str:
 
 def format_plan(graph, plan, it: int) -> str:
     tm = graph.tensor_map
-    alias = {t.name: t.alias_of for t in plan.tensors if t.placement == "alias"}
-
-    def root(n):
-        seen = set()
-        while n in alias and n not in seen:
-            seen.add(n)
-            n = alias[n]
-        return n
+    root = plan.alias_root()
 
     place = {t.name: t for t in plan.tensors}
 

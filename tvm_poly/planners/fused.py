@@ -274,14 +274,7 @@ def plan_fused(graph: OpGraph, config=None, dtype: str = "float32", groups=None)
     node_group = {nm: gi for gi, g in enumerate(groups) for nm in g}
     tm = graph.tensor_map
     it = 2 if dtype == "bfloat16" else 4
-    alias = {t.name: t.alias_of for t in base.tensors if t.placement == "alias"}
-
-    def root(n):
-        seen = set()
-        while n in alias and n not in seen:
-            seen.add(n)
-            n = alias[n]
-        return n
+    root = base.alias_root()
 
     def tvm_group(k):
         return node_group.get(k.ops[-1], node_group.get(k.ops[0]))

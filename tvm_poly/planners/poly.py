@@ -162,14 +162,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
     tm = graph.tensor_map
     it = DTYPE_BYTES.get(dtype, 4)
     size = _sbuf_size(config)
-    alias = {t.name: t.alias_of for t in base.tensors if t.placement == "alias"}
-
-    def root(n):
-        seen = set()
-        while n in alias and n not in seen:
-            seen.add(n)
-            n = alias[n]
-        return n
+    root = base.alias_root()
 
     members: dict = {}
     for t in graph.tensors:
