@@ -79,7 +79,19 @@ class HazardChecker:
             vc = list(self.vc[s][i - 1])
         else:
             vc = [0] * self.S
-        for sem, v in d.waits:
+        for t, j in self._sem_preds(d.waits):
+            other = self.vc[t][j]
+            if other is None:  # cannot happen in a valid linearisation
+                continue
+            vc = [a if a >= b else b for a, b in zip(vc, other)]
+        vc[s] = i + 1
+        return vc
+
+    def _sem_preds(self, waits):
+        """(stream, index) of every signal that these waits are ordered after: a Wait(sem, v)
+        follows stream t's k-th signal of sem when k = v - (signals of sem by other streams)
+        is at least 1 (semaphores only count up)."""
+        for sem, v in waits:
             per = self.sig_pos.get(sem)
             if not per:
                 continue
@@ -87,13 +99,7 @@ class HazardChecker:
             for t, idxs in per.items():
                 k = v - (tot - len(idxs))
                 if k >= 1:
-                    j = idxs[k - 1]
-                    other = self.vc[t][j]
-                    if other is None:  # cannot happen in a valid linearisation
-                        continue
-                    vc = [a if a >= b else b for a, b in zip(vc, other)]
-        vc[s] = i + 1
-        return vc
+                    yield t, idxs[k - 1]
 
     def commit(self, d) -> None:
         vc = self._clock(d)
@@ -194,23 +200,14 @@ class HazardChecker:
         committed, just that predecessor's own component)."""
         d0 = self.sim.decoded[s][0]
         lb = None
-        for sem, v in d0.waits:
-            per = self.sig_pos.get(sem)
-            if not per:
-                continue
-            tot = self.sig_tot[sem]
-            for t, idxs in per.items():
-                k = v - (tot - len(idxs))
-                if k < 1:
-                    continue
-                j = idxs[k - 1]
-                if lb is None:
-                    lb = [0] * self.S
-                other = self.vc[t][j]
-                if other is not None:
-                    lb = [a if a >= b else b for a, b in zip(lb, other)]
-                elif lb[t] < j + 1:
-                    lb[t] = j + 1
+        for t, j in self._sem_preds(d0.waits):
+            if lb is None:
+                lb = [0] * self.S
+            other = self.vc[t][j]
+            if other is not None:
+                lb = [a if a >= b else b for a, b in zip(lb, other)]
+            elif lb[t] < j + 1:
+                lb[t] = j + 1
         return lb
 
     def _race(self, e, d, ap, write, mem):
