@@ -172,13 +172,22 @@ def test_help_and_subcommands(capsys):
     assert cli.main(["--help"]) == 0
     assert "run" in capsys.readouterr().out
     capsys.readouterr()
-    for sub in ("sim", "poly"):  # dispatched to target.sim_cli / tvm_poly.poly_cli
+    for sub in ("sim", "poly", "plan", "bench"):  # dispatched to their own modules
         try:
             rc = cli.main([sub, "--help"])
         except SystemExit as e:  # argparse --help
             rc = e.code
         assert rc == 0
         assert "usage" in capsys.readouterr().out.lower()
+
+
+def test_plan_subcommand_light_model_and_bad_name(capsys):
+    assert cli.main(["plan", "squeezenet", "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("plan by poly (bfloat16):") and "resident" in out
+    assert cli.main(["plan", "no_such_model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown light model 'no_such_model'" in err and len(err.splitlines()) == 1
 
 
 def test_console_script_default_resnet50(tmp_path):

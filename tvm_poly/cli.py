@@ -7,6 +7,7 @@ Subcommands::
                  [--input NAME=FILE.npy ...] [--seed N] [--save-outputs OUT.npz]
                  [--report OUT.json] [--trace OUT.json] [--reference] [--no-check]
     tvm-poly sim ...    (target.sim_cli: run / check a program text on the simulator)
+    tvm-poly plan ...   (tvm_poly.plan_cli: the poly planner's plan of a model)
     tvm-poly poly ...   (tvm_poly.poly_cli: the polyhedral model of a model)
 
 ``run`` with no model runs the onnx wheel's light ResNet-50 with seeded random weights
@@ -247,9 +248,10 @@ def _user_errors():
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = ("usage: tvm-poly {run,sim,poly,bench} ...\n"
+    usage = ("usage: tvm-poly {run,sim,plan,poly,bench} ...\n"
              "  run   compile an ONNX model for polyinf and run it on the simulator\n"
              "  sim   the NeuronCore simulator on a program text\n"
+             "  plan  the poly planner's plan: residency, loads, stores, spills, SBUF map\n"
              "  poly  the polyhedral model of a model\n"
              "  bench planners side by side (models x planners x configs x dtypes x batches)\n")
     if not argv or argv[0] in ("-h", "--help"):
@@ -261,11 +263,13 @@ def main(argv=None) -> int:
             return cmd_run(rest)
         if cmd == "sim":
             return _sub("target.sim_cli", rest)
+        if cmd == "plan":
+            return _sub("tvm_poly.plan_cli", rest)
         if cmd == "poly":
             return _sub("tvm_poly.poly_cli", rest)
         if cmd == "bench":
             return _sub("tvm_poly.bench", rest)
-        return _fail(f"unknown command {cmd!r}; expected run, sim, poly or bench")
+        return _fail(f"unknown command {cmd!r}; expected run, sim, plan, poly or bench")
     except KeyboardInterrupt:
         return 130
     except SystemExit:

@@ -35,6 +35,14 @@ def light_dir() -> str:
     return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 
 
+def model_path(arg: str) -> str:
+    """A command-line model argument: an existing file or ``*.onnx`` path as given, else the
+    name of a bundled light model (``resnet50``, ``vgg19``, ...)."""
+    if os.path.exists(arg) or arg.endswith(".onnx"):
+        return arg
+    return light_path(arg)
+
+
 def light_path(name: str) -> str:
     if name not in NAMES:
         raise ModelError(f"unknown light model {name!r}; known: {', '.join(NAMES)}")

@@ -120,7 +120,7 @@ def format_plan(graph, plan, it: int) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="tvm-poly plan", description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="ONNX model file")
+    ap.add_argument("model", help="ONNX model file or a bundled light model name (resnet50, ...)")
     ap.add_argument("--target", default="polyinf", help="polyinf (inf2) or polyinf/inf1")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -130,10 +130,11 @@ def main(argv=None) -> int:
         from target.config import load_config
         from .frontend import load_onnx
         from .graph import graph_from_relax
+        from .models import model_path
         from .planners import get_planner
 
         cfg = load_config(_config_of(a.target))
-        g = graph_from_relax(load_onnx(a.model, batch=a.batch))
+        g = graph_from_relax(load_onnx(model_path(a.model), batch=a.batch))
         plan = get_planner(a.planner)(g, cfg, a.dtype)
     except Exception as e:  # noqa: BLE001 - one-line error for the CLI
         print(f"tvm-poly plan: error: {type(e).__name__}: {e}", file=sys.stderr)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -37,29 +36,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str, batch: int | None):
-    """A Relax module: tvm_poly.frontend.load_onnx if present, else from_onnx directly."""
-    if not os.path.exists(path) and not path.endswith(".onnx"):
-        try:
-            from tvm_poly.models import light_path
+    """The Relax module of a model file or bundled light model name."""
+    from tvm_poly.frontend import load_onnx
+    from tvm_poly.models import model_path
 
-            path = light_path(path)
-        except ImportError:
-            import onnx
-
-            path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data",
-                                "light", f"light_{path}.onnx")
-    try:
-        from tvm_poly.frontend import load_onnx
-    except ImportError:
-        load_onnx = None
-    if load_onnx is not None:
-        return load_onnx(path, batch=batch)
-    import onnx
-    from tvm.relax.frontend.onnx import from_onnx
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(path)
-    return from_onnx(onnx.load(path))
+    return load_onnx(model_path(path), batch=batch)
 
 
 def main(argv: list[str] | None = None) -> int:
