@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import RaceError
 from .isa import Mem
-from .memory import ap_dense, ap_element_offsets, ap_extent
+from .memory import ap_dense, ap_dense_rows, ap_element_offsets, ap_extent
 
 _PAGE = {Mem.SBUF: 4096, Mem.PSUM: 2048, Mem.HBM: 65536}
 
@@ -271,14 +271,3 @@ def _row_width(ap) -> int:
     for n, st in zip(ap.sizes, ap.strides):
         w += (n - 1) * abs(st)
     return (w + 1) * ap.itemsize
-
-
-def ap_dense_rows(ap) -> bool:
-    """Each row (partition) is one contiguous byte range."""
-    dims = sorted((abs(st), n) for n, st in zip(ap.sizes, ap.strides) if n > 1)
-    run = 1
-    for st, n in dims:
-        if st != run:
-            return False
-        run *= n
-    return True

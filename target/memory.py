@@ -37,18 +37,27 @@ def ap_extent(ap: AP) -> tuple[int, int]:
     return ap.offset + lo * isz, ap.offset + hi * isz + isz
 
 
+def _contiguous(dims) -> bool:
+    """(|stride|, size) pairs that tile one contiguous run of elements."""
+    run = 1
+    for s, n in sorted(dims):
+        if s != run:
+            return False
+        run *= n
+    return True
+
+
 def ap_dense(ap: AP) -> bool:
     """True when the AP touches every byte of its extent exactly once."""
     dims = [(abs(s), n) for n, s in zip(ap.sizes, ap.strides) if n > 1]
     if ap.mem == Mem.HBM and ap.num_partitions > 1:
         dims.append((abs(ap.partition_stride), ap.num_partitions))
-    dims.sort()
-    run = 1
-    for s, n in dims:
-        if s != run:
-            return False
-        run *= n
-    return True
+    return _contiguous(dims)
+
+
+def ap_dense_rows(ap: AP) -> bool:
+    """Each row (partition) is one contiguous byte range."""
+    return _contiguous((abs(s), n) for n, s in zip(ap.sizes, ap.strides) if n > 1)
 
 
 def ap_element_offsets(ap: AP) -> np.ndarray:
@@ -123,17 +132,13 @@ class Memory:
     def _rows_view(self, ap: AP):
         """For an AP whose every row (partition) is one contiguous byte range: a 2-D
         [rows, bytes] view of the shadow array (fast path), else None."""
-        dims = sorted((abs(s), n) for n, s in zip(ap.sizes, ap.strides) if n > 1)
-        run = 1
-        for s, n in dims:
-            if s != run:
-                return None
-            run *= n
+        if not ap_dense_rows(ap):
+            return None
         lo = ap.offset
         for n, s in zip(ap.sizes, ap.strides):
             if s < 0:
                 lo += (n - 1) * s * ap.itemsize
-        w = run * ap.itemsize
+        w = ap.free_elems * ap.itemsize
         if self.kind == Mem.HBM:
             if ap.partition_stride < 0 or (ap.num_partitions - 1) * ap.partition_stride * ap.itemsize + lo + w > self.row_bytes:
                 return None  # let the bounds-checked general path handle it
