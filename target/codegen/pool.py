@@ -19,6 +19,16 @@ from .values import Value
 NEG = -3.0e38
 
 
+
+def _fold(em, dst, part, n, op):
+    """dst = part(0) <op> part(1) <op> ... <op> part(n-1) on the Vector engine (a copy when n == 1)."""
+    if n == 1:
+        em.copy(dst, part(0))
+        return
+    em.tt(dst, part(0), part(1), op=op)
+    for k in range(2, n):
+        em.tt(dst, dst, part(k), op=op)
+
 def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, padding,
            count_include_pad: bool, const, cdt: str):
     N, C, H, W = x.shape
@@ -148,20 +158,10 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                 tiles += [tmp, ot]
                 tv = tmp.ap((CT, rp, OW), (rpb * OW, OW, 1))
                 col = lambda q: src.ap((CT, rp, OW), (splane, srow, sw), q)
-                if S == 1:
-                    em.copy(tv, col(0))
-                else:
-                    em.tt(tv, col(0), col(1), op=op)
-                    for q in range(2, S):
-                        em.tt(tv, tv, col(q), op=op)
+                _fold(em, tv, col, S, op)
                 ov = ot.ap((CT, nbo, OW), (bo * OW, OW, 1))
                 row = lambda r: tmp.ap((CT, nbo, OW), (rpb * OW, sh * OW, 1), r * OW)
-                if R == 1:
-                    em.copy(ov, row(0))
-                else:
-                    em.tt(ov, row(0), row(1), op=op)
-                    for r in range(2, R):
-                        em.tt(ov, ov, row(r), op=op)
+                _fold(em, ov, row, R, op)
                 if mode == "avg":
                     if divmap is not None:
                         oh0 = grp[0]
