@@ -19,7 +19,6 @@ from .values import Value
 NEG = -3.0e38
 
 
-
 def _fold(em, dst, part, n, op):
     """dst = part(0) <op> part(1) <op> ... <op> part(n-1) on the Vector engine (a copy when n == 1)."""
     if n == 1:
@@ -28,6 +27,7 @@ def _fold(em, dst, part, n, op):
     em.tt(dst, part(0), part(1), op=op)
     for k in range(2, n):
         em.tt(dst, dst, part(k), op=op)
+
 
 def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, padding,
            count_include_pad: bool, const, cdt: str):
