@@ -4,11 +4,20 @@ from __future__ import annotations
 import numpy as np
 
 from tvm_poly.graph import OpGraph, OpNode, TensorInfo
+from tvm_poly.models import rel_err  # noqa: F401  (re-exported for the codegen tests)
 
 
-def rel_err(out, ref):
-    ref = np.asarray(ref, dtype=np.float64)
-    return float(np.linalg.norm(np.asarray(out, dtype=np.float64) - ref) / max(np.linalg.norm(ref), 1e-30))
+def resnet50_logits_case():
+    """(OpGraph, inputs, onnxruntime logits) of light ResNet-50 with seeded random weights."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from tvm_poly.graph import graph_from_relax
+    from tvm_poly.models import light_model, random_inputs, reference_outputs
+
+    model = light_model("resnet50", seed=0, logits=True)
+    inputs = random_inputs(model, seed=0)
+    ref = list(reference_outputs(model, inputs).values())[0]
+    return graph_from_relax(from_onnx(model)), inputs, ref
 
 
 TOL = {"float32": 1e-5, "bfloat16": 2e-2}

@@ -6,19 +6,14 @@ import pytest
 @pytest.mark.slow
 def test_resnet50_per_op_fp32_matches_onnxruntime():
     pytest.importorskip("onnxruntime")
-    from tvm.relax.frontend.onnx import from_onnx
-
+    from tests.codegen_util import resnet50_logits_case
     from tvm_poly.driver import compile_graph
-    from tvm_poly.graph import graph_from_relax
-    from tvm_poly.models import light_model, random_inputs, reference_outputs, rel_err
+    from tvm_poly.models import rel_err
 
-    model = light_model("resnet50", seed=0, logits=True)
-    inputs = random_inputs(model, seed=0)
-    ref = list(reference_outputs(model, inputs).values())[0]
-    g = graph_from_relax(from_onnx(model))
+    g, inputs, ref = resnet50_logits_case()
     assert all(n.supported for n in g.nodes)
     cp = compile_graph(g, "inf2", dtype="float32")
-    outs, rep = cp.run(inputs, check=False)
+    outs, rep = cp.run(inputs, check=True)
     assert rel_err(outs[g.outputs[0]], ref) <= 1e-3
     assert rep.macs >= 4_000_000_000
     # every kernel shows up in the per-operator breakdown

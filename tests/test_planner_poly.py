@@ -110,18 +110,13 @@ def test_plan_cli_prints_residency_and_peak_map(capsys):
 @pytest.mark.slow
 def test_resnet50_poly_bf16_near_floor_and_matches_onnxruntime():
     pytest.importorskip("onnxruntime")
-    from tvm.relax.frontend.onnx import from_onnx
-
+    from tests.codegen_util import resnet50_logits_case
     from tvm_poly.driver import compile_graph
-    from tvm_poly.graph import graph_from_relax
-    from tvm_poly.models import light_model, random_inputs, reference_outputs, rel_err
+    from tvm_poly.models import rel_err
 
-    model = light_model("resnet50", seed=0, logits=True)
-    inputs = random_inputs(model, seed=0)
-    ref = list(reference_outputs(model, inputs).values())[0]
-    g = graph_from_relax(from_onnx(model))
+    g, inputs, ref = resnet50_logits_case()
     cp = compile_graph(g, "inf2", planner="poly", dtype="bfloat16")
-    outs, rep = cp.run(inputs, check=False)
+    outs, rep = cp.run(inputs, check=True)
     assert rel_err(outs[g.outputs[0]], ref) <= 2e-2
     floor = cp.plan.get("compulsory_bytes")
     assert rep.hbm_read_bytes + rep.hbm_write_bytes <= 1.1 * floor
