@@ -34,10 +34,7 @@ def main(argv=None):
     g = graph_from_relax(mod)
     cp = compile_graph(g, a.config, dtype=a.dtype)
     t2 = time.perf_counter()
-    vals = {}
-    for name, v in inputs.items():
-        vals[name] = v
-    outs, rep = cp.run(vals, check=not a.no_check)
+    outs, rep = cp.run(inputs, check=not a.no_check)
     t3 = time.perf_counter()
     (oname,) = g.outputs
     refv = list(ref.values())[0]
