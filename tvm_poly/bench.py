@@ -75,7 +75,9 @@ def _with_batch(model, batch):
 
 
 def compulsory_bytes(graph, dtype) -> int:
-    it = 2 if dtype == "bfloat16" else 4
+    from .polymodel import dtype_bytes
+
+    it = dtype_bytes(dtype)
     n = 0
     for t in graph.tensors:
         if t.kind == "input" or t.name in graph.outputs:

@@ -131,6 +131,7 @@ def main(argv=None) -> int:
         from .frontend import load_onnx
         from .graph import graph_from_relax
         from .models import model_path
+        from .polymodel import dtype_bytes
         from .planners import get_planner
 
         cfg = load_config(_config_of(a.target))
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - one-line error for the CLI
         print(f"tvm-poly plan: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    print(format_plan(g, plan, 2 if a.dtype == "bfloat16" else 4))
+    print(format_plan(g, plan, dtype_bytes(a.dtype)))
     return 0
 
 

@@ -21,6 +21,7 @@ import functools
 
 from tvm_poly.graph import OpGraph
 from tvm_poly.plan import GroupPlan, Plan, TensorPlacement
+from tvm_poly.polymodel import dtype_bytes
 from tvm_poly.planners.per_op import plan_per_op
 
 _PFX = "tvmpoly_"  # node vars; TVM's own temporaries are named lv<N>
@@ -273,7 +274,7 @@ def plan_fused(graph: OpGraph, config=None, dtype: str = "float32", groups=None)
     kernels = list(base.groups)
     node_group = {nm: gi for gi, g in enumerate(groups) for nm in g}
     tm = graph.tensor_map
-    it = 2 if dtype == "bfloat16" else 4
+    it = dtype_bytes(dtype)
     root = base.alias_root()
 
     def tvm_group(k):

@@ -41,10 +41,10 @@ import numpy as np
 from tvm_poly.allocation import Buffer, allocate
 from tvm_poly.graph import OpGraph
 from tvm_poly.plan import GroupPlan, Plan, TensorPlacement
+from tvm_poly.polymodel import dtype_bytes
 from tvm_poly.planners.per_op import plan_per_op
 
 RESIDENT_KINDS = {"conv2d", "elementwise", "batch_norm", "pool", "concat"}
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 _MODELS: dict = {}  # id(graph) -> (graph, PolyModel)
 
 
@@ -160,7 +160,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
     base = plan_per_op(graph, config, dtype)
     groups = list(base.groups)
     tm = graph.tensor_map
-    it = DTYPE_BYTES.get(dtype, 4)
+    it = dtype_bytes(dtype)
     size = _sbuf_size(config)
     root = base.alias_root()
 
