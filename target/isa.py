@@ -139,7 +139,7 @@ class Activation(Instr):
     signals: tuple[str, ...] = ()
 
 
-ALU_OPS = ("add", "subtract", "multiply", "divide", "max", "min", "bypass")
+ALU_OPS = ("add", "subtract", "multiply", "divide", "max", "min", "bypass", "is_equal")  # is_equal: 1.0 / 0.0 (NKI nl.equal)
 
 
 @dataclass(frozen=True)

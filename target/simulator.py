@@ -118,6 +118,8 @@ def _alu(op: str, a, b):
             return np.minimum(a, b)
         if op == "bypass":
             return a + np.zeros_like(b) if isinstance(b, np.ndarray) else a
+        if op == "is_equal":
+            return np.equal(a, b).astype(np.float32)
     raise ValueError(op)
 
 

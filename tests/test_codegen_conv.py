@@ -135,3 +135,76 @@ def test_conv_and_pool_band_on_small_sbuf_config():
     ref = pool_ref(conv_ref(xv, wv, (1, 1), (1, 1, 1, 1)), "max", (3, 3), (2, 2), (1, 1, 1, 1), (56, 56))
     assert rel_err(outs[z], ref) <= 1e-5
     assert rep.sbuf_peak_bytes <= 128 * 65536
+
+
+def _residual_graph(K, H, shortcut_conv, rng):
+    """x -> conv3x3+bn -> (+ shortcut) -> relu; shortcut = x, or a 1x1 conv of x placed AFTER the
+    main conv in graph order (a ResNet downsample branch)."""
+    b = GraphBuilder()
+    C = K if not shortcut_conv else K // 2
+    x = b.input("x", (1, C, H, H))
+    w = b.const("w", (rng.standard_normal((K, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32))
+    bn = dict(g=rng.uniform(0.5, 2, K), be=rng.standard_normal(K), m=rng.standard_normal(K), v=rng.uniform(0.5, 2, K))
+    y = b.op("conv2d", [x, w], (1, K, H, H), strides=(1, 1), padding=(1, 1, 1, 1), groups=1, dilation=(1, 1))
+    y = b.op("batch_norm", [y] + [b.const(k, v) for k, v in bn.items()], (1, K, H, H), epsilon=1e-5, axis=1)
+    sc, ws = x, None
+    if shortcut_conv:
+        ws = b.const("ws", (rng.standard_normal((K, C, 1, 1)) / np.sqrt(C)).astype(np.float32))
+        sc = b.op("conv2d", [x, ws], (1, K, H, H), strides=(1, 1), padding=(0, 0, 0, 0), groups=1, dilation=(1, 1))
+    s = b.op("add_n", [y, sc], (1, K, H, H))
+    o = b.op("relu", [s], (1, K, H, H))
+    g = b.build(o)
+    xv = rng.standard_normal((1, C, H, H)).astype(np.float32)
+    scale = bn["g"] / np.sqrt(bn["v"] + 1e-5)
+    ref = conv_ref(xv, g.tensor_map[w].value, (1, 1), (1, 1, 1, 1)) * scale[None, :, None, None] \
+        + (bn["be"] - bn["m"] * scale)[None, :, None, None]
+    ref = ref + (conv_ref(xv, g.tensor_map[ws].value, (1, 1), (0, 0, 0, 0)) if shortcut_conv else xv)
+    return g, o, {"x": xv}, np.maximum(ref, 0)
+
+
+@pytest.mark.parametrize("planner", ["per-op", "poly"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("K,H,shortcut_conv", [(64, 10, False), (256, 7, True)])
+def test_residual_add_accumulates_into_psum(K, H, shortcut_conv, dtype, planner):
+    """conv + bn + add(shortcut) + relu is one kernel: the shortcut is accumulated into the conv's
+    PSUM bank by an identity matmul (no Vector add), read from HBM (per-op) or from its
+    SBUF-resident buffer (poly); a shortcut produced later in graph order is scheduled first."""
+    from target import isa
+
+    g, o, inputs, ref = _residual_graph(K, H, shortcut_conv, np.random.default_rng(3))
+    cp = compile_graph(g, "inf2", planner=planner, dtype=dtype)
+    (k,) = [k for k in cp.plan.groups if "lv0" in k.ops]
+    assert k.param("residual") and {"lv0", "lv1"} <= set(k.ops) and o in k.ops
+    if shortcut_conv:  # the downsample conv runs before the kernel that reads its output
+        assert [gp.ops[0] for gp in cp.plan.groups] == ["lv2", "lv0"]
+    outs, rep = cp.run(inputs)
+    assert rel_err(outs[o], ref) <= TOL[dtype]
+    ins = [i for _, st in cp.program.streams for i in st]
+    assert not any(isinstance(i, isa.TensorTensor) and i.op == "add" for i in ins)
+    # one identity matmul per PSUM block (K-tile x pixel block): stationary is K x K
+    idm = [i for i in cp.program.stream("tensor") if i.stationary.num_partitions == i.stationary.free_elems
+           and i.start is False and i.stop is True]
+    assert len(idm) >= -(-K // 128)
+    if planner == "poly" and shortcut_conv:
+        assert cp.plan.placement(k.param("residual")).placement == "sbuf"
+
+
+def test_epilogue_columns_come_from_one_constant_block():
+    """Every conv's (scale, bias) columns live in the program's constant block: one HBM constant,
+    loaded once at program start, instead of a small DMA per kernel."""
+    from target import isa
+    from target.codegen.const_block import block_bytes, columns
+
+    g, o, inputs, ref = _residual_graph(256, 7, True, np.random.default_rng(4))
+    cp = compile_graph(g, "inf2", planner="poly", dtype="float32")
+    cols = columns(cp.plan.groups, g.tensor_map)
+    assert cols == {"lv0": 4}  # 256 channels = 2 blocked tiles x (scale, bias); lv2 has no epilogue
+    assert block_bytes(cp.plan.groups, g.tensor_map) == 64
+    assert "const_block" in cp.constants and not any(k.endswith("/epilogue") for k in cp.constants)
+    dmas = [i for _, st in cp.program.streams for i in st if i.tag == "const_block"]
+    blk = cp.program.tensor("const_block")
+    assert 1 <= len(dmas) <= 16 and all(blk.offset <= i.src.offset < blk.offset + blk.nbytes for i in dmas)
+    assert not any(isinstance(i, isa.DmaCopy) and i.dst.free_elems * i.dst.itemsize <= 64
+                   for _, st in cp.program.streams for i in st if i.tag != "const_block")
+    outs, _ = cp.run(inputs)
+    assert rel_err(outs[o], ref) <= TOL["float32"]

@@ -138,6 +138,7 @@ def test_batch_tiling_when_activations_exceed_sbuf():
     h = b.op("conv2d", [x, w1], (8, 32, 40, 40), padding=(1, 1, 1, 1), strides=(1, 1))
     h = b.op("relu", [h], (8, 32, 40, 40))
     y = b.op("conv2d", [h, w2], (8, 32, 40, 40), padding=(0, 0, 0, 0), strides=(1, 1))
+    y = b.op("relu", [y], (8, 32, 40, 40))  # relu before the add: a separate add kernel, so y and h are both live
     o = b.op("add", [y, h], (8, 32, 40, 40))
     g = b.build([o])
     cfg = load_config("inf1")

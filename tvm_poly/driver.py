@@ -182,6 +182,9 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         ref = em.hbm_tensor(nm, t.shape, "fp32", "input")
         ctx.values[nm] = Value(nm, tuple(t.shape), "fp32", hbm=ref)
         ctx.inputs.append((nm, nm))
+    from target.codegen.const_block import ConstBlock, columns
+    ctx.const_block = ConstBlock(em, ctx.const, ctx.constants, columns(plan.groups, graph.tensor_map, em.partitions),
+                                 em.partitions)
     from .allocation import batch_views, release_dead, resident_deaths, restore_views
     deaths = resident_deaths(plan, ctx.root)  # group index -> resident tensors read last there
     for gi, g in enumerate(plan.groups):

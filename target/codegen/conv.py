@@ -28,6 +28,9 @@ from .values import Value
 
 
 WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer rounds of per-DMA latency
+# weights the plan loads ahead of their kernel (poly's ``prefetch``) are off the critical path:
+# pieces of at least this size (fewer per-DMA latencies) instead of one piece per queue
+PREFETCH_MIN_PIECE = 256 * 1024
 PIPE_MIN_BYTES = 512 * 1024  # input loads at least this big are pipelined in row bands
 
 
@@ -70,9 +73,16 @@ def _out_hw(H, W, R, S, stride, pad):
 
 
 def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, groups: int,
-           const, scale=None, bias=None, func: str = "identity", cdt: str = "fp32"):
+           const, scale=None, bias=None, func: str = "identity", cdt: str = "fp32", residual: Value = None,
+           prefetch: bool = False, pinned=None):
     """weight: [K, C/groups, R, S] numpy; scale/bias: [K] numpy or None (folded at compile time);
-    const(name, array, dtype) -> Value creates compile-time HBM constants."""
+    const(name, array, dtype) -> Value creates compile-time HBM constants.  ``residual`` (same
+    shape as ``out``): out = func(conv * scale + bias + residual); the residual is accumulated
+    into the conv's PSUM bank by one identity matmul per pixel block (scale folded into the
+    weights), so the add costs no Vector/Scalar pass.  ``prefetch``: the plan issues this kernel's
+    weight loads ahead of it, so they are cut in bandwidth-sized pieces (``PREFETCH_MIN_PIECE``).
+    ``pinned(arr) -> (tile, column) | None``: where the epilogue columns live when the program
+    keeps them in its constant block (:mod:`target.codegen.const_block`)."""
     N, C, H, W = x.shape
     K, Cg, R, S = weight.shape
     sh, sw = stride
@@ -84,6 +94,12 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     it = isa.DTYPES[cdt]
     # dense (block-diagonal for groups) weight [K, C, R, S]
     w = np.asarray(weight, dtype=np.float32)
+    if residual is not None:
+        if tuple(residual.shape) != tuple(out.shape):
+            raise CodegenError(f"conv2d residual shape {residual.shape} != output {out.shape}")
+        if scale is not None:  # PSUM = conv(w * scale) + residual; the epilogue adds the bias
+            w = w * np.asarray(scale, np.float32).reshape(-1, 1, 1, 1)
+            scale = None
     if groups > 1:
         if K * C * R * S > 64_000_000:
             raise CodegenError("grouped conv too large for dense block expansion")
@@ -107,7 +123,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     KT = km.T
 
     # ---------------------------------------------------------------- epilogue columns
-    cols = None
+    cols, c0, own_cols = None, 0, False
     if scale is not None or bias is not None:
         sc = np.ones(K, np.float32) if scale is None else np.asarray(scale, np.float32)
         bi = np.zeros(K, np.float32) if bias is None else np.asarray(bias, np.float32)
@@ -115,15 +131,25 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         arr = np.zeros((Mk, 2 * KT), np.float32)
         arr[:, :KT] = sce[kidx].T
         arr[:, KT:] = bie[kidx].T
-        cv = const(f"{em.tag.split(':')[0]}/epilogue", arr, "fp32")
-        cols = em.sbuf_tile(Mk, 2 * KT * 4, "fp32", "conv_cols")
-        em.dma(cols.ap((2 * KT,), partitions=Mk), cv.flat_ap(0, Mk, 2 * KT, (2 * KT,), (1,)))
+        got = pinned(arr) if pinned is not None else None
+        if got is not None:  # the program's constant block (const_block.py) holds them
+            cols, c0 = got
+        else:
+            cv = const(f"{em.tag.split(':')[0]}/epilogue", arr, "fp32")
+            cols = em.sbuf_tile(Mk, 2 * KT * 4, "fp32", "conv_cols")
+            em.dma(cols.ap((2 * KT,), partitions=Mk), cv.flat_ap(0, Mk, 2 * KT, (2 * KT,), (1,)))
+            own_cols = True
+
+    ident = None
+    if residual is not None:
+        ident = em.identity(Mk, cdt, "conv_ident")
+    res_hbm = residual is not None and residual.sbuf is None
 
     def epi(jk, nk):
         if cols is None:
             return 1.0, 0.0
-        return (cols.ap((1,), elem_offset=jk, partitions=nk),
-                cols.ap((1,), elem_offset=KT + jk, partitions=nk))
+        return (cols.ap((1,), elem_offset=c0 + jk, partitions=nk),
+                cols.ap((1,), elem_offset=c0 + KT + jk, partitions=nk))
 
     # ---------------------------------------------------------------- contraction blocks
     wext = np.zeros((K + 1, C + 1, R, S), np.float32)
@@ -238,7 +264,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         b = 0 if res_in else CT * rows_p * W * it
         if any(pad):
             b += CT * rows_p * Wp * it
-        return b + (0 if res_out else KT * bo * OW * it)
+        return b + (0 if res_out else KT * bo * OW * it) + (KT * bo * OW * it if res_hbm else 0)
 
     free = em.sbuf.largest_free() - wpool.tiles[0].nbytes * 0  # pool already allocated
     bo = OH
@@ -280,6 +306,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         in_pool = None if res_in else em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * W * it, cdt, nb, "conv_in")
         pad_pool = em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * Wp * it, cdt, nb, "conv_pad") if any(pad) else None
     out_pool = None if res_out else em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_out")
+    res_pool = em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_res") if res_hbm else None
     psum_pool = em.pool("psum", Mk, None, "fp32", min(4, em.psum_banks), "conv_ps")
 
     # pixel blocks inside a band
@@ -407,7 +434,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         a = wconsts[gi]
         em.dma_split(t.ap((a.shape[1],), partitions=a.shape[0]),
                      wvals[gi].flat_ap(0, a.shape[0], a.shape[1], (a.shape[1],), (1,)),
-                     piece_bytes=WEIGHT_PIECE_BYTES)
+                     piece_bytes=WEIGHT_PIECE_BYTES, min_piece=PREFETCH_MIN_PIECE if prefetch else None)
         return t
 
     bands = [(n, oh0, min(bo, OH - oh0)) for n in range(N) for oh0 in range(0, OH, bo)]
@@ -420,6 +447,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     for bi_, (n, oh0, nbo) in enumerate(bands):
         mov = nxt
         ot = None if res_out else out_pool.next()
+        rt = None
+        if res_hbm:  # the band of the shortcut, laid out like the output band
+            rt = res_pool.next()
+            _band_dma(em, residual, rt, km, n, 0, KT, oh0, nbo, bo, OW, OH, P, load=True)
         stores_now = nbo * OW * it >= 2048 and KT > 1 and not res_out
         for gi, grp in enumerate(kgroups):
             if not weights_once:
@@ -440,9 +471,21 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                     dst = ps.ap((nr * nw,), partitions=nk)
                     for bi2, blk in enumerate(blks):
                         em.matmul(dst, stat(gi, blk, jk, nk), mov(blk, t0, nr, ow0, nw),
-                                  start=bi2 == 0, stop=bi2 == len(blks) - 1)
-                    sc, bb = epi(jk, nk)
+                                  start=bi2 == 0, stop=bi2 == len(blks) - 1 and residual is None)
                     o_off = jk * bo * OW + t0 * OW + ow0
+                    if residual is not None:  # PSUM += I @ shortcut
+                        if res_hbm:
+                            r_t, r_off = rt, o_off
+                        else:
+                            pix = (oh0 + t0) * OW + ow0
+                            r_t = residual.sbuf
+                            r_off = _rel(r_t, residual.flat_ap(n * K * OH * OW + jk * OH * OW + pix, nk, KT * OH * OW,
+                                                               (1,), (1,))
+                                         if km.blocked else residual.chan_ap(n, jk * P, nk, pix, (1,), (1,)))
+                        r_ap = r_t.ap((nr, nw), (OW, 1), r_off, partitions=nk) if nr > 1 else \
+                            r_t.ap((nw,), (1,), r_off, partitions=nk)
+                        em.matmul(dst, ident.ap((nk,), (1,), 0, partitions=nk), r_ap, start=False, stop=True)
+                    sc, bb = epi(jk, nk)
                     if res_out:  # evacuate PSUM straight into the resident output (at the
                         ot = out.sbuf  # offset of the AP the store DMA would have written)
                         pix = (oh0 + t0) * OW + ow0
@@ -452,15 +495,19 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                         ot.ap((nw,), (1,), o_off, partitions=nk)
                     em.act(dst_o, dst, func=func, scale=sc, bias=bb)
                 if stores_now:
-                    _store(em, out, ot, km, n, jk, jk + 1, oh0, nbo, bo, OW, OH, P)
+                    _band_dma(em, out, ot, km, n, jk, jk + 1, oh0, nbo, bo, OW, OH, P)
             if not weights_once and gi + 2 < len(kgroups):
                 pass
         if not stores_now and not res_out:
-            _store(em, out, ot, km, n, 0, KT, oh0, nbo, bo, OW, OH, P)
+            _band_dma(em, out, ot, km, n, 0, KT, oh0, nbo, bo, OW, OH, P)
     # release
     wpool.release()
     if out_pool is not None:
         out_pool.release()
+    if res_pool is not None:
+        res_pool.release()
+    if ident is not None:
+        em.free(ident)
     psum_pool.release()
     if packed:
         for p in in_pools:
@@ -470,7 +517,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             in_pool.release()
         if pad_pool is not None:
             pad_pool.release()
-    if cols is not None:
+    if own_cols:
         em.free(cols)
     if stage is not None:
         em.free(stage)
@@ -484,14 +531,22 @@ def _rel(tile, ap) -> int:
     return (ap.offset - tile.offset) // tile.itemsize
 
 
-def _store(em, out, ot, km, n, j0, j1, oh0, nbo, bo, OW, OH, P):
+def _band_dma(em, v, t, km, n, j0, j1, oh0, nbo, bo, OW, OH, P, load=False):
+    """Output-channel tiles [j0, j1) of rows [oh0, oh0+nbo) of image n: band tile ``t`` -> ``v``
+    (a store), or ``v`` -> ``t`` when ``load`` (a tensor laid out like the output band)."""
     K = km.C
+    pairs = []
     if km.blocked:
-        em.dma_split(out.flat_ap(n * K * OH * OW + oh0 * OW + j0 * OH * OW, km.parts, km.T * OH * OW,
-                                 (j1 - j0, nbo * OW), (OH * OW, 1)),
-                     ot.ap((j1 - j0, nbo * OW), (bo * OW, 1), j0 * bo * OW))
-        return
-    for jk in range(j0, j1):
-        nk = km.nparts(jk)
-        em.dma_split(out.chan_ap(n, jk * P, nk, oh0 * OW, (nbo * OW,), (1,)),
-                     ot.ap((nbo * OW,), (1,), jk * bo * OW, partitions=nk))
+        pairs.append((v.flat_ap(n * K * OH * OW + oh0 * OW + j0 * OH * OW, km.parts, km.T * OH * OW,
+                                (j1 - j0, nbo * OW), (OH * OW, 1)),
+                      t.ap((j1 - j0, nbo * OW), (bo * OW, 1), j0 * bo * OW)))
+    else:
+        for jk in range(j0, j1):
+            nk = km.nparts(jk)
+            pairs.append((v.chan_ap(n, jk * P, nk, oh0 * OW, (nbo * OW,), (1,)),
+                          t.ap((nbo * OW,), (1,), jk * bo * OW, partitions=nk)))
+    for hbm_ap, band_ap in pairs:
+        if load:
+            em.dma_split(band_ap, hbm_ap)
+        else:
+            em.dma_split(hbm_ap, band_ap)

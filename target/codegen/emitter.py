@@ -481,7 +481,7 @@ class Emitter:
         self._dma_load[rec.stream] += max(dst.nbytes, src.nbytes) + 2048
         return rec
 
-    def dma_split(self, dst: AP, src: AP, piece_bytes: int = None):
+    def dma_split(self, dst: AP, src: AP, piece_bytes: int = None, min_piece: int = None):
         """One logical transfer as several DMAs on different queues: split along partitions
         (groups of 32, keeping the partition-start rule) and then along the outermost free
         dim, so that each piece is about ``piece_bytes`` (latency is per transfer and each
@@ -492,7 +492,7 @@ class Emitter:
         nq = len(self.dma_streams)
         # enough pieces for bandwidth (~piece_bytes each) and, for latency-critical medium
         # transfers, up to one piece per queue as long as pieces stay >= 8 KiB
-        npieces = max(-(-total // piece_bytes), min(nq, total // self.dma_min_piece), 1)
+        npieces = max(-(-total // piece_bytes), min(nq, total // (min_piece or self.dma_min_piece)), 1)
         if npieces > nq:  # whole rounds over the queues (equal pieces finish together)
             npieces = -(-npieces // nq) * nq
         if npieces == 1 or dst.num_partitions != src.num_partitions:
@@ -532,6 +532,16 @@ class Emitter:
     def ts(self, dst: AP, src: AP, op0="multiply", operand0=1.0, op1=None, operand1=0.0, stream="vector"):
         return self.emit(stream, isa.TensorScalar, dst=dst, src=src, op0=op0, operand0=operand0,
                          op1=op1, operand1=operand1)
+
+    def identity(self, n: int, dtype: str, name: str = "identity") -> Tile:
+        """An n x n identity matrix in a new SBUF tile, built on chip (no HBM constant): GpSimd
+        iota v[p, i] = i - p, then Vector is_equal(v, 0)."""
+        v = self.sbuf_tile(n, n * 4, "fp32", f"{name}_iota")
+        t = self.sbuf_tile(n, n * isa.DTYPES[dtype], dtype, name)
+        self.emit("gpsimd", isa.Iota, dst=v.ap((n,), partitions=n), base=0, channel_multiplier=-1, pattern=(1,))
+        self.ts(t.ap((n,), partitions=n), v.ap((n,), partitions=n), op0="is_equal", operand0=0.0)
+        self.free(v)
+        return t
 
     def memset(self, dst: AP, value=0.0, stream="gpsimd"):
         return self.emit(stream, isa.Memset, dst=dst, value=value)

@@ -66,9 +66,12 @@ def lower_conv2d(ctx, g):
         b = np.asarray(ctx.info(g.param("bias")).value, np.float32).reshape(-1)
         bias = b if bias is None else bias + b
     x = ctx.value(g.inputs[0])
+    res = ctx.value(g.param("residual")) if g.param("residual") else None
     out = ctx.out(g.output)
     conv2d(ctx.em, x, out, np.asarray(winfo.value, np.float32), stride, pad, int(node.attr("groups", 1)),
-           ctx.const, scale=scale, bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt)
+           ctx.const, scale=scale, bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt, residual=res,
+           prefetch=bool(g.param("prefetch")),
+           pinned=(lambda arr: ctx.const_block.put(g.name, arr)) if getattr(ctx, "const_block", None) else None)
 
 
 @register_lowering("matmul")
@@ -77,7 +80,8 @@ def lower_matmul(ctx, g):
 
     a, b = (ctx.value(i) for i in g.inputs[:2])
     bias = ctx.const_value(g.param("bias"), "fp32") if g.param("bias") else None
-    matmul(ctx.em, a, b, ctx.out(g.output), bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt)
+    matmul(ctx.em, a, b, ctx.out(g.output), bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt,
+           prefetch=bool(g.param("prefetch")))
 
 
 @register_lowering("pool")

@@ -19,10 +19,11 @@ from .values import Value, prod
 
 SMALL_M = 16
 WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer DMAs
+from .conv import PREFETCH_MIN_PIECE  # noqa: E402  (see conv2d's ``prefetch``)
 
 
 def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func: str = "identity",
-           cdt: str = "fp32"):
+           cdt: str = "fp32", prefetch: bool = False):
     if len(b.shape) != 2:
         raise CodegenError(f"matmul with batched right operand {b.shape} is not supported")
     Kd, N = b.shape
@@ -57,7 +58,7 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
         t = bpool.next()
         if blocked or KT == 1:
             em.dma_split(t.ap((KT, nn), (NC, 1)), b.flat_ap(n0, parts, KT * N, (KT, nn), (N, 1)),
-                         piece_bytes=WEIGHT_PIECE_BYTES)
+                         piece_bytes=WEIGHT_PIECE_BYTES, min_piece=PREFETCH_MIN_PIECE if prefetch else None)
         else:
             for j in range(KT):
                 em.dma_split(t.ap((nn,), (1,), j * NC, partitions=kparts(j)),

@@ -331,7 +331,9 @@ def plan_fused(graph: OpGraph, config=None, dtype: str = "float32", groups=None)
     peak = 0
     if buffers:
         size = _sbuf_size(config)
-        capacity = [max(0, size - _scratch_need(graph, k, it, size)) for k in kernels]
+        from target.codegen.const_block import block_bytes
+        pinned = block_bytes(kernels, graph.tensor_map)  # the program's constant block (bottom of SBUF)
+        capacity = [max(0, size - pinned - _scratch_need(graph, k, it, size)) for k in kernels]
         alloc = allocate(buffers, capacity, size)
         alloc.check()
         peak = getattr(alloc, "peak", 0)

@@ -1,7 +1,9 @@
 """The per-operator planner: one kernel per operator (after the standard epilogue fusion
-TVM's FuseOps also does: conv2d/matmul + batch_norm/bias + relu, add + relu); every
-kernel loads its inputs from HBM and stores its output to HBM.  reshape/flatten/identity
-are aliases (no kernel, no copy)."""
+TVM's FuseOps also does: conv2d/matmul + batch_norm/bias + relu, conv2d + batch_norm + residual
+add + relu, add + relu); every kernel loads its inputs from HBM and stores its output to HBM.
+reshape/flatten/identity are aliases (no kernel, no copy).  Kernels run in graph order, except
+that a kernel waits for the producers of its inputs (a fused residual add may read a shortcut
+that graph order computes after the conv)."""
 from __future__ import annotations
 
 from tvm_poly.graph import OpGraph
@@ -75,6 +77,17 @@ def plan_per_op(graph: OpGraph, config=None, dtype: str = "float32") -> Plan:
                     params["bias"] = other[0]
                     out = nxt.output
                     nxt = sole(out)
+            if nxt is not None and nxt.op in ("add", "add_n") and n.op == "conv2d" and len(nxt.inputs) == 2 \
+                    and nxt.name not in done:
+                # residual add (ResNet shortcut): accumulated into the conv's PSUM by the codegen
+                other = [i for i in nxt.inputs if i != out]
+                if len(other) == 1 and not tm[other[0]].is_constant and \
+                        tuple(tm[other[0]].shape) == tuple(tm[out].shape) == tuple(tm[nxt.output].shape):
+                    ops.append(nxt.name); done.add(nxt.name)
+                    params["residual"] = other[0]
+                    inputs.append(other[0])
+                    out = nxt.output
+                    nxt = sole(out)
             if nxt is not None and nxt.op == "relu":
                 ops.append(nxt.name); done.add(nxt.name)
                 params["act"] = "relu"
@@ -105,4 +118,37 @@ def plan_per_op(graph: OpGraph, config=None, dtype: str = "float32") -> Plan:
     for t in graph.tensors:
         if t.name not in aliased and not t.is_constant:
             placements.append(TensorPlacement(t.name, "hbm"))
-    return Plan("per-op", dtype, tuple(placements), tuple(groups))
+    return Plan("per-op", dtype, tuple(placements), _topological(groups, placements))
+
+
+def _topological(groups, placements):
+    """Groups in graph order, except that a group waits for the producers of all its inputs
+    (a fused residual add reads a shortcut that graph order may compute after the conv)."""
+    alias = {p.name: p.alias_of for p in placements if p.placement == "alias"}
+
+    def root(t):
+        while t in alias:
+            t = alias[t]
+        return t
+    made = {root(g.output): i for i, g in enumerate(groups)}
+    deps = [{made[root(x)] for x in g.inputs if root(x) in made and made[root(x)] != i}
+            for i, g in enumerate(groups)]
+    import heapq
+    indeg = [len(d) for d in deps]
+    users = {}
+    for i, d in enumerate(deps):
+        for j in d:
+            users.setdefault(j, []).append(i)
+    ready = [i for i, n in enumerate(indeg) if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(groups[i])
+        for u in users.get(i, ()):
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(groups):
+        raise ValueError("kernel groups form a cycle")
+    return tuple(order)

@@ -158,7 +158,10 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         config = load_config(config or "inf2")
     notes: list = []
     base = plan_per_op(graph, config, dtype)
-    groups = list(base.groups)
+    # weight loads run ahead of their kernels (next-fit SBUF rotation, in-order DMA queues), so the
+    # codegen cuts them in bandwidth-sized pieces rather than one latency-critical piece per queue
+    groups = [GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(g.params + (("prefetch", True),))))
+              if g.kind in ("conv2d", "matmul") else g for g in base.groups]
     tm = graph.tensor_map
     it = dtype_bytes(dtype)
     size = _sbuf_size(config)
@@ -246,7 +249,9 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             reload += fp if fp is not None else b.save_bytes
         return Buffer(b.name, b.start, b.end, b.partitions, b.nbytes, b.uses, b.save_bytes, reload)
 
-    capacity = [max(0, size - _scratch_need(graph, g, it, size)) for g in groups]
+    from target.codegen.const_block import block_bytes
+    pinned = block_bytes(groups, tm)  # the program's constant block sits at the bottom of SBUF
+    capacity = [max(0, size - pinned - _scratch_need(graph, g, it, size)) for g in groups]
     # ---- batch tiling: kernels [0, s) run per sub-batch of k images (their intermediates hold
     # k images and are reused by the next sub-batch; their weights load N/k times), kernels
     # [s, m) over the whole batch.  (k, s) minimises spill + extra weight traffic.
