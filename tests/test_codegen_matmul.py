@@ -37,3 +37,33 @@ def test_matmul(M, K, N, bias, relu, const_b, dtype):
         ref = np.maximum(ref, 0)
     assert rel_err(outs[y], ref) <= TOL[dtype]
     assert rep.macs >= M * K * N
+
+
+@pytest.mark.parametrize("K", [4096, 4000])  # blocked and cyclic contraction tiles
+def test_constant_b_chunks_load_with_long_rows(K):
+    """A constant B too big for SBUF streams in column chunks; re-laid out per chunk at compile
+    time, each chunk row is KT*NC contiguous elements (not NC), so the DMAs run at full efficiency.
+    inf1's 64 KiB partitions force chunks for a 4096 x 2048 fp32 B."""
+    from target import isa
+    from target.config import load_config
+    from target.cost import dma_chunk_bytes
+
+    rng = np.random.default_rng(2)
+    N = 2048
+    b = GraphBuilder()
+    a = b.input("a", (1, K))
+    bv = rng.standard_normal((K, N)).astype(np.float32) / np.sqrt(K)
+    y = b.op("matmul", [a, b.const("b", bv)], (1, N))
+    g = b.build(y)
+    cp = compile_graph(g, load_config("inf1"), dtype="float32")
+    sched = dict(dict(cp.schedule)["lv0:matmul"])
+    assert sched["n_chunks"] > 1
+    assert any(k.endswith("/b_chunks") for k in cp.constants)
+    KT = -(-K // 128)
+    loads = [i for _, st in cp.program.streams for i in st
+             if isinstance(i, isa.DmaCopy) and i.src.mem == isa.Mem.HBM and i.dst.num_partitions > 1
+             and i.src.nbytes > 64 * 1024]
+    assert loads and min(dma_chunk_bytes(i) for i in loads) >= KT * sched["n_chunk"] * 4 // 2
+    av = rng.standard_normal((1, K)).astype(np.float32)
+    outs, _ = cp.run({"a": av})
+    assert rel_err(outs[y], av.astype(np.float64) @ bv) <= TOL["float32"]

@@ -80,8 +80,10 @@ def lower_matmul(ctx, g):
 
     a, b = (ctx.value(i) for i in g.inputs[:2])
     bias = ctx.const_value(g.param("bias"), "fp32") if g.param("bias") else None
+    binfo = ctx.info(ctx.root(g.inputs[1]))
     matmul(ctx.em, a, b, ctx.out(g.output), bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt,
-           prefetch=bool(g.param("prefetch")))
+           prefetch=bool(g.param("prefetch")), b_value=binfo.value if binfo.is_constant else None,
+           const=ctx.const)
 
 
 @register_lowering("pool")
