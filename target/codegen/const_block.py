@@ -18,13 +18,18 @@ import numpy as np
 
 def columns(groups, tensor_map, partitions: int = 128) -> dict:
     """Group name -> fp32 columns it owns in the block (a conv2d with a batch-norm or bias
-    epilogue: scale and bias per output-channel tile)."""
+    epilogue: scale and bias per output-channel tile; a batch_norm kernel: its scale and shift)."""
     from .conv import ChanMap
+    from .elementwise import affine_columns
 
     out = {}
     for g in groups:
-        if g.kind == "conv2d" and g.name not in out and (g.param("bn") or g.param("bias")):
+        if g.name in out:
+            continue
+        if g.kind == "conv2d" and (g.param("bn") or g.param("bias")):
             out[g.name] = 2 * ChanMap(int(tensor_map[g.output].shape[1]), partitions).T
+        elif g.kind == "batch_norm" and len(tensor_map[g.output].shape) >= 2:
+            out[g.name] = affine_columns(int(tensor_map[g.output].shape[1]), partitions)
     return out
 
 
@@ -54,13 +59,16 @@ class ConstBlock:
         em.dma_split(self.tile.ap((n,)), value.flat_ap(0, partitions, n, (n,), (1,)))
         em.tag = tag
 
+    def holds(self, name: str) -> bool:
+        return self.tile is not None and name in self.offsets
+
     def put(self, name: str, arr: np.ndarray):
         """Store ``arr`` [rows, cols] as group ``name``'s columns; returns (tile, first column)."""
         if self.tile is None or name not in self.offsets:
             return None
         c0, c = self.offsets[name]
         arr = np.asarray(arr, np.float32)
-        if arr.shape[1] != c or arr.shape[0] > self.tile.partitions:
+        if arr.shape[1] > c or arr.shape[0] > self.tile.partitions:
             raise ValueError(f"const block: {name} has {c} columns, got {arr.shape}")
-        self.array[: arr.shape[0], c0:c0 + c] = arr
+        self.array[: arr.shape[0], c0:c0 + arr.shape[1]] = arr
         return self.tile, c0

@@ -8,6 +8,8 @@ buffers so that loads of chunk i+1 overlap compute of chunk i and the store of i
 """
 from __future__ import annotations
 
+import numpy as np
+
 from target import isa
 from .emitter import CodegenError, Emitter
 from .values import Value, prod
@@ -285,7 +287,18 @@ def _compute(em, tiles, kinds, op, post, sizes, nr):
     return acc
 
 
-def _channel_affine_resident(em, x, out, scale, bias, func, cdt):
+def _cols(em, rows, ncols, pinned, arr, loads):
+    """(tile, first column) of the [rows, ncols] fp32 epilogue columns: from the program's
+    constant block when ``pinned`` places them there, else a tile filled by ``loads(tile)``."""
+    got = pinned(arr()) if pinned is not None else None
+    if got is not None:
+        return got[0], got[1], False
+    cols = em.sbuf_tile(rows, ncols * 4, "fp32", "bn_cols")
+    loads(cols)
+    return cols, 0, True
+
+
+def _channel_affine_resident(em, x, out, scale, bias, func, cdt, pinned=None, values=None):
     """channel_affine over the row-split layout (N = 1): ``rows`` partitions of ``planes``
     channel planes each (channel p*planes + j on partition p, plane j); the per-channel scale and
     shift load as [rows, planes] columns (one DMA each, partition stride ``planes``)."""
@@ -298,15 +311,21 @@ def _channel_affine_resident(em, x, out, scale, bias, func, cdt):
     planes = C // rows
     L = planes * F
     it = isa.DTYPES[cdt]
-    cols = em.sbuf_tile(rows, 2 * 4 * planes, "fp32", "bn_cols")
-    em.dma(cols.ap((planes,), partitions=rows), scale.flat_ap(0, rows, planes, (planes,), (1,)))
-    em.dma(cols.ap((planes,), elem_offset=planes, partitions=rows), bias.flat_ap(0, rows, planes, (planes,), (1,)))
+    def arr():
+        sc, bi = values
+        return np.concatenate([np.asarray(sc, np.float32).reshape(rows, planes),
+                               np.asarray(bi, np.float32).reshape(rows, planes)], axis=1)
+
+    def loads(cols):
+        em.dma(cols.ap((planes,), partitions=rows), scale.flat_ap(0, rows, planes, (planes,), (1,)))
+        em.dma(cols.ap((planes,), elem_offset=planes, partitions=rows), bias.flat_ap(0, rows, planes, (planes,), (1,)))
+    cols, c0, own = _cols(em, rows, 2 * planes, pinned if values is not None else None, arr, loads)
     chunk = max(1, min(F, CHUNK_BYTES // it))
     pin = None if x.sbuf is not None else em.pool("sbuf", rows, chunk * it, cdt, BUFS, "bnr_x")
     pout = None if out.sbuf is not None else em.pool("sbuf", rows, chunk * it, cdt, BUFS, "bnr_o")
     for n_img, j in [(n_img, j) for n_img in range(N) for j in range(planes)]:
-        sc = cols.ap((1,), elem_offset=j, partitions=rows)
-        bi = cols.ap((1,), elem_offset=planes + j, partitions=rows)
+        sc = cols.ap((1,), elem_offset=c0 + j, partitions=rows)
+        bi = cols.ap((1,), elem_offset=c0 + planes + j, partitions=rows)
         for f0 in range(0, F, chunk if (pin or pout) else F):
             nf = min(chunk if (pin or pout) else F, F - f0)
             f0 += n_img * C * F  # image n_img
@@ -322,28 +341,50 @@ def _channel_affine_resident(em, x, out, scale, bias, func, cdt):
     for p in (pin, pout):
         if p is not None:
             p.release()
-    em.free(cols)
+    if own:
+        em.free(cols)
+
+
+def affine_columns(C: int, partitions: int = 128) -> int:
+    """fp32 columns channel_affine needs for C channels in either layout (the constant block's
+    reservation): 2 x planes (resident row-split) or 2 x channel tiles (HBM path)."""
+    return 2 * (-(-C // partitions) + 1)
 
 
 def channel_affine(em: Emitter, x: Value, out: Value, scale: Value, bias: Value, func="identity",
-                   cdt: str = None):
+                   cdt: str = None, pinned=None, values=None):
     """out[n, c, ...] = func(x[n, c, ...] * scale[c] + bias[c]) (one Scalar-engine Activation per
-    tile; scale/bias are [C] vectors in HBM, loaded once as per-partition columns)."""
+    tile; scale/bias are [C] vectors in HBM, loaded once as per-partition columns).  ``values``
+    (numpy scale, bias) and ``pinned(arr) -> (tile, column) | None``: the columns may come from
+    the program's constant block instead (then ``scale``/``bias`` are not read)."""
     cdt = cdt or out.dtype
     N, C, F = x.ncf()
     P = em.partitions
     if x.sbuf is not None or out.sbuf is not None:
-        return _channel_affine_resident(em, x, out, scale, bias, func, cdt)
+        return _channel_affine_resident(em, x, out, scale, bias, func, cdt, pinned, values)
     it = isa.DTYPES[cdt]
     chunk = max(1, min(F, CHUNK_BYTES // it))
-    cols = em.sbuf_tile(P, 2 * 4 * (-(-C // P)), "fp32", "bn_cols")
+    CT = -(-C // P)
+
+    def arr():
+        a = np.zeros((P, 2 * CT), np.float32)
+        for ct in range(CT):
+            nc = min(P, C - ct * P)
+            a[:nc, 2 * ct] = np.asarray(values[0], np.float32)[ct * P:ct * P + nc]
+            a[:nc, 2 * ct + 1] = np.asarray(values[1], np.float32)[ct * P:ct * P + nc]
+        return a
+
+    def loads(cols):
+        for ct in range(CT):
+            c0, nc = ct * P, min(P, C - ct * P)
+            em.dma(cols.ap((1,), elem_offset=2 * ct, partitions=nc), scale.flat_ap(c0, nc, 1, (1,), (1,)))
+            em.dma(cols.ap((1,), elem_offset=2 * ct + 1, partitions=nc), bias.flat_ap(c0, nc, 1, (1,), (1,)))
+    cols, k0, own = _cols(em, P, 2 * CT, pinned if values is not None else None, arr, loads)
     pool = em.pool("sbuf", P, chunk * it, cdt, BUFS, "bn_x")
-    for ct in range(-(-C // P)):
+    for ct in range(CT):
         c0, nc = ct * P, min(P, C - ct * P)
-        sc = cols.ap((1,), elem_offset=2 * ct, partitions=nc)
-        bi = cols.ap((1,), elem_offset=2 * ct + 1, partitions=nc)
-        em.dma(sc, scale.flat_ap(c0, nc, 1, (1,), (1,)))
-        em.dma(bi, bias.flat_ap(c0, nc, 1, (1,), (1,)))
+        sc = cols.ap((1,), elem_offset=k0 + 2 * ct, partitions=nc)
+        bi = cols.ap((1,), elem_offset=k0 + 2 * ct + 1, partitions=nc)
         for n in range(N):
             for f0 in range(0, F, chunk):
                 nf = min(chunk, F - f0)
@@ -352,4 +393,5 @@ def channel_affine(em: Emitter, x: Value, out: Value, scale: Value, bias: Value,
                 em.act(t, t, func=func, scale=sc, bias=bi)
                 em.dma_split(out.chan_ap(n, c0, nc, f0, (nf,), (1,)), t)
     pool.release()
-    em.free(cols)
+    if own:
+        em.free(cols)

@@ -38,11 +38,17 @@ def lower_batch_norm(ctx, g):
     if not all(ctx.info(n).is_constant for n in node.inputs[1:]):
         raise CodegenError(f"{g.tag}: batch_norm with run-time statistics")
     scale, shift = bn_scale_shift(ctx, node.inputs[1:], g.param("bn_eps", 1e-5))
-    sc = ctx.const(f"{g.name}/bn_scale", scale, "fp32")
-    sh = ctx.const(f"{g.name}/bn_shift", shift, "fp32")
+    blk = getattr(ctx, "const_block", None)
+    if blk is not None and blk.holds(g.name):  # the columns live in the program's constant block
+        sc = sh = None
+    else:
+        blk = None
+        sc = ctx.const(f"{g.name}/bn_scale", scale, "fp32")
+        sh = ctx.const(f"{g.name}/bn_shift", shift, "fp32")
     x = ctx.value(g.inputs[0])
     out = ctx.out(g.output)
-    channel_affine(ctx.em, x, out, sc, sh, func=g.param("act") or "identity", cdt=ctx.cdt)
+    channel_affine(ctx.em, x, out, sc, sh, func=g.param("act") or "identity", cdt=ctx.cdt,
+                   pinned=(lambda arr: blk.put(g.name, arr)) if blk is not None else None, values=(scale, shift))
 
 
 @register_lowering("conv2d")
