@@ -101,6 +101,26 @@ def test_stem_packs_taps_on_partitions():
     assert (kmax, len(mms)) in ((128, 2 * nblk), (42, 4 * nblk))
 
 
+@pytest.mark.parametrize("xs,ws,stride,pad,dtype", [
+    ((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3, 3, 3), "bfloat16"),  # ResNet stem (fp32: no room to stage)
+    ((1, 3, 33, 31), (16, 3, 5, 3), (2, 1), (2, 1, 1, 0), "float32"),
+    ((1, 3, 30, 30), (24, 3, 3, 3), (1, 1), (1, 1, 1, 1), "bfloat16")])  # stride 1: one parity plane
+def test_stem_stages_the_image_once_padded_by_row_parity(xs, ws, stride, pad, dtype):
+    """The packed stem brings the image in once (padded, split by row parity) and builds each
+    band's im2col rows from it with SBUF->SBUF DMAs that each move whole padded rows of a band:
+    no HBM re-reads and no DMA row shorter than the padded width x band rows."""
+    from target import isa
+
+    err, cp, rep = run_conv(xs, ws, stride, pad, 1, dtype, bn=True, relu=True)
+    assert err <= TOL[dtype], err
+    C, H, W = xs[1:]
+    assert rep.hbm_read_bytes < C * H * W * 4 + 64 * 1024  # the image (fp32) once, plus weights
+    im2col = [i for _, st in cp.program.streams for i in st
+              if isinstance(i, isa.DmaCopy) and i.src.mem == isa.Mem.SBUF and i.dst.mem == isa.Mem.SBUF]
+    Wp = W + pad[1] + pad[3]
+    assert im2col and min(i.dst.free_elems for i in im2col) >= Wp
+
+
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("C,ws,pad,stride", [(64, 3, 1, 1), (32, 3, 1, 2), (64, 5, 2, 1)])

@@ -176,3 +176,15 @@ def test_poly_through_tvm_compile_option():
     out = vm["main"](tvm.runtime.tensor(x["x"])).numpy()
     assert models.rel_err(out, ref) <= 1e-3
     assert tvm_poly.last_report().to_dict()["planner"] == "poly"
+
+
+@pytest.mark.parametrize("C,parts,T", [(256, 128, 2), (192, 96, 2), (544, 68, 8), (736, 92, 8), (200, 100, 2)])
+def test_channel_counts_that_are_not_multiples_of_128_get_a_resident_layout(C, parts, T):
+    """ShuffleNet's 544 and DenseNet's 608-736 channel maps: blocked over fewer partitions
+    (C = parts x T, at least half the partitions), so the poly planner can keep them in SBUF."""
+    from target.codegen.conv import ChanMap
+    from tvm_poly.planners.poly import resident_rows
+
+    cm = ChanMap(C, 128)
+    assert (cm.parts, cm.T, cm.blocked) == (parts, T, True)
+    assert resident_rows((1, C, 7, 7)) == parts

@@ -368,8 +368,10 @@ def graph_from_relax(func_or_mod, name: str = "main") -> OpGraph:
             kind = "output"
         final[nm] = TensorInfo(t.name, t.shape, t.dtype, kind, t.value)
     from .graph_fold import fold_constant_affine  # constant per-channel affine chains -> batch_norm
+    from .graph_shuffle import fold_channel_shuffles  # channel shuffles -> permuted weights
 
-    return fold_constant_affine(OpGraph(tuple(nodes), tuple(final.values()), tuple(inputs), tuple(outs), name))
+    return fold_channel_shuffles(fold_constant_affine(
+        OpGraph(tuple(nodes), tuple(final.values()), tuple(inputs), tuple(outs), name)))
 
 
 def arg_is_const(e, alias, consts):

@@ -43,14 +43,20 @@ class ChanMap:
             self.T, self.parts, self.blocked = 1, C, False
         elif C % P == 0 and not cyclic:  # cyclic: the SBUF-resident layout (c % P, c // P)
             self.T, self.parts, self.blocked = C // P, P, True
-        elif not cyclic and any(C % t == 0 for t in (-(-C // P), -(-C // P) + 1)):
-            # blocked over fewer partitions (C = parts * T, e.g. 192 = 96 x 2): as many planes as
-            # cyclic tiles (or one more), one DMA per band, and the SBUF row-split layout
-            t = next(t for t in (-(-C // P), -(-C // P) + 1) if C % t == 0)
+        elif not cyclic and any(C % t == 0 for t in self._plane_counts(C, P)):
+            # blocked over fewer partitions (C = parts * T, e.g. 192 = 96 x 2, 544 = 68 x 8): the
+            # fewest planes (at least half the partitions used), one DMA per band, and the SBUF
+            # row-split layout (so the tensor can stay resident)
+            t = next(t for t in self._plane_counts(C, P) if C % t == 0)
             self.T, self.parts, self.blocked = t, C // t, True
         else:
             self.T, self.parts, self.blocked = -(-C // P), P, False
         self.P = P
+
+    @staticmethod
+    def _plane_counts(C, P):
+        t0 = -(-C // P)
+        return range(t0, max(t0 + 1, 2 * t0) + 1)
 
     def nparts(self, j):
         if self.blocked or self.T == 1:
@@ -110,12 +116,33 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         w = wd
     packed = groups == 1 and C < 16 and R * S > 1
     stage = None
+    Wp = W + pl + pr
+    Hq = -(-max(H + pt + pb, (OH - 1) * sh + R) // sh) + 1  # staged rows per parity plane (+1, see below)
     if packed and x.sbuf is None and N == 1 and R * S >= 2 * sh * sw and \
-            H * W * it <= 0.7 * em.sbuf.largest_free():
-        # load once: the im2col DMAs read each input element ~R*S/(sh*sw) times; bring the image
-        # in with one DMA (one channel per partition) and let them copy SBUF->SBUF
-        stage = em.sbuf_tile(C, H * W * it, cdt, "conv_stage")
-        em.dma_split(stage.ap((H * W,)), x.flat_ap(0, C, H * W, (H * W,), (1,)))
+            sh * Hq * Wp * it <= 0.7 * em.sbuf.largest_free():
+        # load once, padded and split by row parity: the im2col DMAs read each input element
+        # ~R*S/(sh*sw) times, so the image comes in once (one channel per partition) and they
+        # copy SBUF->SBUF.  Plane a holds the padded rows a, a+sh, a+2sh, ... (zero borders), so
+        # tap (c, r, s0)'s im2col rows over a whole band are ONE contiguous run of plane r % sh
+        # (whole padded rows, long DMA rows) instead of one short row per output row.  A run
+        # starting at column s0 > 0 reads s0 elements of the next row: the extra plane row.
+        stage = em.sbuf_tile(C, sh * Hq * Wp * it, cdt, "conv_stage")
+        for a in range(sh):
+            base = a * Hq * Wp
+            h0 = (a - pt) % sh  # first input row of this parity
+            na = len(range(h0, H, sh))
+            r0 = (h0 + pt) // sh  # its plane row
+            if r0:
+                em.memset(stage.ap((r0 * Wp,), elem_offset=base), 0.0)
+            if Hq - r0 - na:
+                em.memset(stage.ap(((Hq - r0 - na) * Wp,), elem_offset=base + (r0 + na) * Wp), 0.0)
+            if na and pl:
+                em.memset(stage.ap((na, pl), (Wp, 1), base + r0 * Wp), 0.0)
+            if na and Wp - pl - W:
+                em.memset(stage.ap((na, Wp - pl - W), (Wp, 1), base + r0 * Wp + pl + W), 0.0)
+            if na:
+                em.dma_split(stage.ap((na, W), (Wp, 1), base + r0 * Wp + pl),
+                             x.flat_ap(h0 * W, C, H * W, (na, W), (sh * W, 1)))
     km = ChanMap(K, P)
     res_in, res_out = x.sbuf is not None, out.sbuf is not None  # SBUF-resident operands
     Mk = km.parts
@@ -173,8 +200,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         maxn_ = em.max_moving_free
         cands = [plan_for(S)] + ([plan_for(sw)] if 1 < sw < S else [])
         _, nphase, S1, Wu = min(cands)
-        # r innermost: consecutive partitions read consecutive input rows (one DMA per run)
-        taps = [(c, r, s0) for c in range(C) for s0 in range(nphase) for r in range(R)]
+        # r innermost: consecutive partitions read consecutive input rows (one DMA per run); from
+        # the parity-split stage, r grouped by parity (r, r+sh, ... are consecutive plane rows)
+        rs = sorted(range(R), key=lambda r: (r % sh, r)) if stage is not None else list(range(R))
+        taps = [(c, r, s0) for c in range(C) for s0 in range(nphase) for r in rs]
         nQ = -(-len(taps) // P)
         qsz = -(-len(taps) // nQ)
         chunks = [taps[i:i + qsz] for i in range(0, len(taps), qsz)]
@@ -253,13 +282,13 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     def in_rows(bo):
         return (bo - 1) * sh + R
 
-    Wp = W + pl + pr
     if not packed:
         Wu = (OW - 1) * sw + 1
+    Wrow = Wp if stage is not None else Wu  # row pitch of the packed im2col band tiles
 
     def band_bytes(bo):
         if packed:
-            return len(chunks) * bo * Wu * it + (0 if res_out else KT * bo * OW * it)
+            return len(chunks) * bo * Wrow * it + (0 if res_out else KT * bo * OW * it)
         rows_p = in_rows(bo)
         b = 0 if res_in else CT * rows_p * W * it
         if any(pad):
@@ -300,7 +329,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             tap_pack=(None if packed else tpack), k_groups=len(kgroups), band_rows=bo, bands=N * nbands,
             resident_in=res_in, resident_out=res_out)
     if packed:
-        in_pools = [em.pool("sbuf", len(ch), bo * Wu * it, cdt, nb, f"conv_in{q}_") for q, ch in enumerate(chunks)]
+        in_pools = [em.pool("sbuf", len(ch), bo * Wrow * it, cdt, nb, f"conv_in{q}_") for q, ch in enumerate(chunks)]
         pad_pool = None
     else:
         in_pool = None if res_in else em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * W * it, cdt, nb, "conv_in")
@@ -325,7 +354,21 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         if packed:
             tiles = [p.next() for p in in_pools]
             has_pad = any(pad)
-            for q, ch in enumerate(chunks):
+            for q, ch in enumerate(chunks) if stage is not None else ():
+                # from the padded parity planes: one DMA per run of partitions (c, s0, r, r+sh..)
+                runs = []
+                for i, (c, r, s) in enumerate(ch):
+                    key = (c, s, r % sh)
+                    if runs and runs[-1][0] == key and runs[-1][2] + runs[-1][3] == i and \
+                            runs[-1][1] + sh * runs[-1][3] == r:
+                        runs[-1][3] += 1
+                    else:
+                        runs.append([key, r, i, 1])
+                for (c, s, a), r, i, k in runs:
+                    off = a * Hq * Wp + (oh0 + r // sh) * Wp + s
+                    em.dma(tiles[q].ap((nbo * Wp,), partitions=k, start=i),
+                           stage.ap((k, nbo * Wp), (Wp, 1), off, partitions=1, start=c))
+            for q, ch in enumerate(chunks) if stage is None else ():
                 tq = tiles[q]
                 if has_pad:
                     em.memset(tq.ap((nbo * Wu,), partitions=len(ch)), 0.0)
@@ -350,16 +393,14 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                     ih = (oh0 + t_lo) * sh + r - pt
                     iw = u_lo + s - pl
                     em.dma_split(tq.ap((t_hi - t_lo, u_hi - u_lo), (Wu, 1), t_lo * Wu + u_lo, partitions=k, start=i),
-                                 stage.ap((k, t_hi - t_lo, u_hi - u_lo), (W, sh * W, 1), ih * W + iw, partitions=1, start=c)
-                                 if stage is not None else
                                  x.flat_ap((n * C + c) * H * W + ih * W + iw, k, W, (t_hi - t_lo, u_hi - u_lo), (sh * W, 1)))
 
             def mov(blk, t0, nr, ow0, nw):
                 q, s1 = blk
-                off = t0 * Wu + ow0 * sw + s1 * nphase
+                off = t0 * Wrow + ow0 * sw + s1 * nphase
                 if nr == 1:
                     return tiles[q].ap((nw,), (sw,), off, partitions=len(chunks[q]))
-                return tiles[q].ap((nr, nw), (Wu, sw), off, partitions=len(chunks[q]))
+                return tiles[q].ap((nr, nw), (Wrow, sw), off, partitions=len(chunks[q]))
             return mov
         # channel mode: padded-coordinate input rows [oh0*sh, oh0*sh + in_rows)
         nrows_p = in_rows(nbo)

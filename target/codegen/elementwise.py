@@ -348,7 +348,8 @@ def _channel_affine_resident(em, x, out, scale, bias, func, cdt, pinned=None, va
 def affine_columns(C: int, partitions: int = 128) -> int:
     """fp32 columns channel_affine needs for C channels in either layout (the constant block's
     reservation): 2 x planes (resident row-split) or 2 x channel tiles (HBM path)."""
-    return 2 * (-(-C // partitions) + 1)
+    from .conv import ChanMap
+    return 2 * max(ChanMap(C, partitions).T, -(-C // partitions))
 
 
 def channel_affine(em: Emitter, x: Value, out: Value, scale: Value, bias: Value, func="identity",
