@@ -20,7 +20,7 @@ MODELS = ["resnet50", "squeezenet", "inception_v1", "inception_v2", "densenet121
           "bvlc_alexnet", "zfnet512", "vgg19"]
 HEADER = ("| model | batch | target | dtype | per-op HBM MB | poly HBM MB | floor MB | per-op/floor | "
           "poly/floor | per-op/poly | per-op us | poly us | bound us | poly/bound | poly stall cyc | "
-          "spill save/reload MB | plan s | err per-op / poly |")
+          "poly DMA rows >= 2 KiB | spill save/reload MB | plan s | err per-op / poly |")
 
 
 INTRO = """# per-op vs poly planner (scripts/bench_planners.py)
@@ -29,8 +29,8 @@ Light ONNX models with seeded random weights (logits), simulator timing; `inf2` 
 HBM MB = hbm_read_bytes + hbm_write_bytes of the whole run; floor = compulsory traffic from the polyhedral model
 (inputs + weights + outputs once, every tensor at the compute dtype); us = simulated latency;
 bound = max(Tensor-engine busy time of the poly run, floor / aggregate DMA bandwidth), issue 5's latency bound;
-stall = Tensor-engine cycles waiting on DMA (poly); spill = poly spill_save/spill_reload bytes; plan s = poly
-planner time (includes isl extraction); err = relative L2 error vs onnxruntime.
+stall = Tensor-engine cycles waiting on DMA (poly); DMA rows >= 2 KiB = share of poly's DMA bytes moved in rows of
+at least 2 KiB per partition; spill = poly spill_save/spill_reload bytes; plan s = poly (includes isl extraction); err = relative L2 error vs onnxruntime.
 """
 
 
@@ -44,6 +44,22 @@ def latency_bound(rep, floor_bytes, cfg):
     te_us = rep.engine_active_cycles.get("tensor", 0) / (cfg.tensor_ghz * 1e3)
     dma_us = floor_bytes / (cfg.dma_queues * cfg.dma_queue_bandwidth_gbps * 1e3)
     return max(te_us, dma_us)
+
+
+def long_row_share(program) -> float:
+    """Share of the program's DMA bytes moved in rows of >= 2 KiB per partition (the NKI
+    guide's recommended minimum; issue 5's coalescing target)."""
+    from target import isa
+    from target.cost import dma_bytes, dma_chunk_bytes
+
+    tot = big = 0
+    for _, ins in program.streams:
+        for i in ins:
+            if isinstance(i, isa.DmaCopy):
+                b = dma_bytes(i)
+                tot += b
+                big += b if dma_chunk_bytes(i) >= 2048 else 0
+    return big / tot if tot else 1.0
 
 
 def run_one(name, batch, cfg, dtype):
@@ -72,14 +88,15 @@ def run_one(name, batch, cfg, dtype):
         outs, rep = cp.run(inputs, check=False)
         err = rel_err(outs[g.outputs[0]], ref)
         res[planner] = dict(hbm=rep.hbm_read_bytes + rep.hbm_write_bytes, us=rep.latency_us,
-                            stall=rep.dma_stall_cycles, err=err, compile=tc, plan=cp.plan, rep=rep)
+                            stall=rep.dma_stall_cycles, err=err, compile=tc, plan=cp.plan, rep=rep,
+                            long_rows=long_row_share(cp.program))
     p = res["poly"]["plan"]
     floor = p.get("compulsory_bytes")
     a, b = res["per-op"], res["poly"]
     bound = latency_bound(b["rep"], floor, cp.config)
     row = (f"| {name} | {batch} | {cfg} | {dtype} | {_mb(a['hbm'])} | {_mb(b['hbm'])} | {_mb(floor)} | "
            f"{a['hbm'] / floor:.2f} | {b['hbm'] / floor:.2f} | {a['hbm'] / b['hbm']:.2f} | {a['us']:.0f} | "
-           f"{b['us']:.0f} | {bound:.0f} | {b['us'] / bound:.2f} | {b['stall']} | "
+           f"{b['us']:.0f} | {bound:.0f} | {b['us'] / bound:.2f} | {b['stall']} | {100 * b['long_rows']:.0f}% | "
            f"{_mb(p.get('spill_save_bytes'))}/{_mb(p.get('spill_reload_bytes'))} | "
            f"{p.get('planner_seconds'):.1f} | {a['err']:.1e} / {b['err']:.1e} |")
     return row, res

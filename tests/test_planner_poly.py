@@ -188,3 +188,33 @@ def test_channel_counts_that_are_not_multiples_of_128_get_a_resident_layout(C, p
     cm = ChanMap(C, 128)
     assert (cm.parts, cm.T, cm.blocked) == (parts, T, True)
     assert resident_rows((1, C, 7, 7)) == parts
+
+
+def test_batch_tiled_buffers_crossing_a_segment_survive_all_its_sub_batches():
+    """Regression (DenseNet-121, batch 8, fp32, inf2): a segment's kernels repeat per sub-batch,
+    so a whole-batch buffer read inside a segment must stay allocated until the segment's last
+    sub-batch; the planner once let a later kernel of the segment reuse its bytes and the codegen
+    refused the plan ("range ... is not free")."""
+    import warnings
+
+    from target.config import load_config
+    from tvm_poly.driver import compile_graph
+    from tvm_poly.frontend import load_onnx, with_batch
+    from tvm_poly.graph import graph_from_relax
+    from tvm_poly.models import light_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = graph_from_relax(load_onnx(with_batch(light_model("densenet121", seed=0, logits=True), 8)))
+    cp = compile_graph(g, load_config("inf2"), planner="poly", dtype="float32")
+    assert cp.plan.get("batch_segments")  # batch tiling is in play
+    al = cp.plan._allocation
+    al.check()
+    segs = cp.plan.get("batch_segments")
+    for b in al.buffers.values():
+        if b.name not in al.slots:
+            continue
+        for s0, s1, k in segs:
+            crosses = b.start < s0 <= b.end or b.start <= s1 - 1 < b.end
+            if crosses:
+                assert b.start <= s0 and b.end >= s1 - 1, b

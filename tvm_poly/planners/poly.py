@@ -274,14 +274,20 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         bs = []
         for b in buffers:
             sg = seg_of(b.start, segs)
-            if sg is None:
-                bs.append(b)
-            elif b.end < sg[1]:  # internal to the segment: k images, reused per sub-batch
+            if sg is not None and b.end < sg[1]:  # internal to the segment: k images, reused per sub-batch
                 bs.append(Buffer(b.name, b.start, b.end, b.partitions, b.nbytes * sg[2] // N, b.uses,
                                  b.save_bytes, b.reload_bytes))
-            else:  # read after the segment: whole batch, live through all its sub-batches
-                bs.append(Buffer(b.name, sg[0], b.end, b.partitions, b.nbytes, b.uses,
-                                 b.save_bytes, b.reload_bytes))
+                continue
+            # whole batch: live through every sub-batch of each segment its life touches (a
+            # segment's kernels repeat per sub-batch, so its first kernel runs again after its
+            # last one: a buffer produced before a segment and read inside it, or produced inside
+            # and read after it, must survive the whole segment)
+            lo_, hi_ = b.start, b.end
+            for s0, s1, _ in segs:
+                if s0 <= hi_ and lo_ < s1:
+                    lo_, hi_ = min(lo_, s0), max(hi_, s1 - 1)
+            bs.append(b if (lo_, hi_) == (b.start, b.end) else
+                      Buffer(b.name, lo_, hi_, b.partitions, b.nbytes, b.uses, b.save_bytes, b.reload_bytes))
         al = allocate(bs, capacity, size)
         cost = al.spill_save_bytes + al.spill_reload_bytes + \
             sum((N // k - 1) * sum(wbytes[lo:hi]) for lo, hi, k in segs)
