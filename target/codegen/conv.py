@@ -118,7 +118,30 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     stage = None
     Wp = W + pl + pr
     Hq = -(-max(H + pt + pb, (OH - 1) * sh + R) // sh) + 1  # staged rows per parity plane (+1, see below)
-    if packed and x.sbuf is None and N == 1 and R * S >= 2 * sh * sw and \
+    staged = [None]  # image currently in the stage
+
+    def stage_image(n):
+        """Stage image n (the borders are zeroed once: every image writes the same interior)."""
+        for a in range(sh):
+            base = a * Hq * Wp
+            h0 = (a - pt) % sh  # first input row of this parity
+            na = len(range(h0, H, sh))
+            r0 = (h0 + pt) // sh  # its plane row
+            if staged[0] is None:
+                if r0:
+                    em.memset(stage.ap((r0 * Wp,), elem_offset=base), 0.0)
+                if Hq - r0 - na:
+                    em.memset(stage.ap(((Hq - r0 - na) * Wp,), elem_offset=base + (r0 + na) * Wp), 0.0)
+                if na and pl:
+                    em.memset(stage.ap((na, pl), (Wp, 1), base + r0 * Wp), 0.0)
+                if na and Wp - pl - W:
+                    em.memset(stage.ap((na, Wp - pl - W), (Wp, 1), base + r0 * Wp + pl + W), 0.0)
+            if na:
+                em.dma_split(stage.ap((na, W), (Wp, 1), base + r0 * Wp + pl),
+                             x.flat_ap(n * C * H * W + h0 * W, C, H * W, (na, W), (sh * W, 1)))
+        staged[0] = n
+
+    if packed and x.sbuf is None and R * S >= 2 * sh * sw and \
             sh * Hq * Wp * it <= 0.7 * em.sbuf.largest_free():
         # load once, padded and split by row parity: the im2col DMAs read each input element
         # ~R*S/(sh*sw) times, so the image comes in once (one channel per partition) and they
@@ -126,23 +149,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         # tap (c, r, s0)'s im2col rows over a whole band are ONE contiguous run of plane r % sh
         # (whole padded rows, long DMA rows) instead of one short row per output row.  A run
         # starting at column s0 > 0 reads s0 elements of the next row: the extra plane row.
+        # With N > 1 images the stage holds one image at a time (restaged at its first band).
         stage = em.sbuf_tile(C, sh * Hq * Wp * it, cdt, "conv_stage")
-        for a in range(sh):
-            base = a * Hq * Wp
-            h0 = (a - pt) % sh  # first input row of this parity
-            na = len(range(h0, H, sh))
-            r0 = (h0 + pt) // sh  # its plane row
-            if r0:
-                em.memset(stage.ap((r0 * Wp,), elem_offset=base), 0.0)
-            if Hq - r0 - na:
-                em.memset(stage.ap(((Hq - r0 - na) * Wp,), elem_offset=base + (r0 + na) * Wp), 0.0)
-            if na and pl:
-                em.memset(stage.ap((na, pl), (Wp, 1), base + r0 * Wp), 0.0)
-            if na and Wp - pl - W:
-                em.memset(stage.ap((na, Wp - pl - W), (Wp, 1), base + r0 * Wp + pl + W), 0.0)
-            if na:
-                em.dma_split(stage.ap((na, W), (Wp, 1), base + r0 * Wp + pl),
-                             x.flat_ap(h0 * W, C, H * W, (na, W), (sh * W, 1)))
+        stage_image(0)
     km = ChanMap(K, P)
     res_in, res_out = x.sbuf is not None, out.sbuf is not None  # SBUF-resident operands
     Mk = km.parts
@@ -232,7 +241,11 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         wparts = cm.parts
         wbytes_all = int(nz.sum()) * R * S * Mk * it
         budget = em.sbuf.largest_free() // 3
-        if wbytes_all <= budget:
+        # weights once unless even one-output-row bands (double-buffered) would not fit next to
+        # them: streaming K groups reloads every weight once per band (x bands HBM bytes)
+        row_band = (0 if res_in else CT * R * W * it) + (CT * R * (W + pl + pr) * it if any(pad) else 0) + \
+            (0 if res_out else KT * OW * it)
+        if wbytes_all <= budget or wbytes_all + 2 * row_band <= 0.8 * em.sbuf.largest_free():
             kgroups = [list(range(KT))]
         else:
             per_kt = max(int(nz[jk].sum()) for jk in range(KT)) * R * S * Mk * it
@@ -354,6 +367,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         if packed:
             tiles = [p.next() for p in in_pools]
             has_pad = any(pad)
+            if stage is not None and staged[0] != n:
+                stage_image(n)
             for q, ch in enumerate(chunks) if stage is not None else ():
                 # from the padded parity planes: one DMA per run of partitions (c, s0, r, r+sh..)
                 runs = []
