@@ -494,68 +494,87 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         return t
 
     bands = [(n, oh0, min(bo, OH - oh0)) for n in range(N) for oh0 in range(0, OH, bo)]
+    G = len(kgroups)
+    weights_once = G == 1
+    # loop order when the weights stream in K groups: band-outer loads every group once per band
+    # (weights x bands of HBM bytes), group-outer loads every band's input (and shortcut) once
+    # per group (input x groups; nothing for an SBUF-resident input): the fewer bytes wins
+    k_outer = False
+    if not weights_once and len(bands) > 1:
+        w_total = sum(a.size for a in wconsts) * it
+        x_total = (0 if res_in else N * load_bytes) + (N * K * OH * OW * it if res_hbm else 0)
+        k_outer = w_total + x_total * G < w_total * len(bands) + x_total
+    em.note(loop_order="k_groups_outer" if k_outer else "bands_outer")
+    steps = [(gi, bi) for gi in range(G) for bi in range(len(bands))] if k_outer else \
+        [(gi, bi) for bi in range(len(bands)) for gi in range(G)]
     wtiles = {}
-    wnext = None
-    weights_once = len(kgroups) == 1
+    wcur, wnext = None, None
     if weights_once:
         wtiles[0] = load_weights(0)
-    nxt = load_band(*bands[0])
-    for bi_, (n, oh0, nbo) in enumerate(bands):
-        mov = nxt
-        ot = None if res_out else out_pool.next()
-        rt = None
-        if res_hbm:  # the band of the shortcut, laid out like the output band
-            rt = res_pool.next()
-            _band_dma(em, residual, rt, km, n, 0, KT, oh0, nbo, bo, OW, OH, P, load=True)
+    else:
+        wnext = load_weights(steps[0][0])
+    nxt = load_band(*bands[steps[0][1]])
+    cur_band, mov, ot, rt = None, None, None, None
+    for si, (gi, bi_) in enumerate(steps):
+        n, oh0, nbo = bands[bi_]
+        grp = kgroups[gi]
+        if bi_ != cur_band:
+            mov, cur_band = nxt, bi_
+            if res_hbm:  # the band of the shortcut, laid out like the output band
+                rt = res_pool.next()
+                _band_dma(em, residual, rt, km, n, 0, KT, oh0, nbo, bo, OW, OH, P, load=True)
+            if not k_outer:
+                ot = None if res_out else out_pool.next()
+        if k_outer:
+            ot = None if res_out else out_pool.next()
+        if not weights_once and gi != wcur:
+            # K groups stream through two buffers: the group used now was loaded one group
+            # ahead; prefetch the next different group of the step order
+            wtiles[gi], wcur = wnext, gi
+            nxt_g = next((g2 for g2, _ in steps[si + 1:] if g2 != gi), None)
+            wnext = load_weights(nxt_g) if nxt_g is not None else None
+        last_of_band = si + 1 == len(steps) or steps[si + 1][1] != bi_
+        if last_of_band and si + 1 < len(steps):
+            nxt = load_band(*bands[steps[si + 1][1]])  # prefetch the next band before our stores
         stores_now = nbo * OW * it >= 2048 and KT > 1 and not res_out
-        for gi, grp in enumerate(kgroups):
-            if not weights_once:
-                # K-groups stream through two buffers in (band, group) order: the group used
-                # now was loaded one step ahead; prefetch the next step's group
-                if wnext is None:
-                    wnext = load_weights(gi)
-                wtiles[gi] = wnext
-                step = bi_ * len(kgroups) + gi + 1
-                wnext = load_weights(step % len(kgroups)) if step < len(bands) * len(kgroups) else None
-            if gi == len(kgroups) - 1 and bi_ + 1 < len(bands):
-                nxt = load_band(*bands[bi_ + 1])  # prefetch next band before our stores
-            for jk in grp:
-                nk = Mk if km.blocked or KT == 1 else min(P, K - jk * P)
-                blks = blocks_by_jk[jk]
-                for (t0, nr, ow0, nw) in pix_blocks(nbo):
-                    ps = psum_pool.next()
-                    dst = ps.ap((nr * nw,), partitions=nk)
-                    for bi2, blk in enumerate(blks):
-                        em.matmul(dst, stat(gi, blk, jk, nk), mov(blk, t0, nr, ow0, nw),
-                                  start=bi2 == 0, stop=bi2 == len(blks) - 1 and residual is None)
-                    o_off = jk * bo * OW + t0 * OW + ow0
-                    if residual is not None:  # PSUM += I @ shortcut
-                        if res_hbm:
-                            r_t, r_off = rt, o_off
-                        else:
-                            pix = (oh0 + t0) * OW + ow0
-                            r_t = residual.sbuf
-                            r_off = _rel(r_t, residual.flat_ap(n * K * OH * OW + jk * OH * OW + pix, nk, KT * OH * OW,
-                                                               (1,), (1,))
-                                         if km.blocked else residual.chan_ap(n, jk * P, nk, pix, (1,), (1,)))
-                        r_ap = r_t.ap((nr, nw), (OW, 1), r_off, partitions=nk) if nr > 1 else \
-                            r_t.ap((nw,), (1,), r_off, partitions=nk)
-                        em.matmul(dst, ident.ap((nk,), (1,), 0, partitions=nk), r_ap, start=False, stop=True)
-                    sc, bb = epi(jk, nk)
-                    if res_out:  # evacuate PSUM straight into the resident output (at the
-                        ot = out.sbuf  # offset of the AP the store DMA would have written)
+        for jk in grp:
+            nk = Mk if km.blocked or KT == 1 else min(P, K - jk * P)
+            blks = blocks_by_jk[jk]
+            for (t0, nr, ow0, nw) in pix_blocks(nbo):
+                ps = psum_pool.next()
+                dst = ps.ap((nr * nw,), partitions=nk)
+                for bi2, blk in enumerate(blks):
+                    em.matmul(dst, stat(gi, blk, jk, nk), mov(blk, t0, nr, ow0, nw),
+                              start=bi2 == 0, stop=bi2 == len(blks) - 1 and residual is None)
+                o_off = jk * bo * OW + t0 * OW + ow0
+                if residual is not None:  # PSUM += I @ shortcut
+                    if res_hbm:
+                        r_t, r_off = rt, o_off
+                    else:
                         pix = (oh0 + t0) * OW + ow0
-                        o_off = _rel(ot, out.flat_ap(n * K * OH * OW + jk * OH * OW + pix, nk, KT * OH * OW, (1,), (1,))
-                                     if km.blocked else out.chan_ap(n, jk * P, nk, pix, (1,), (1,)))
-                    dst_o = ot.ap((nr, nw), (OW, 1), o_off, partitions=nk) if nr > 1 else \
-                        ot.ap((nw,), (1,), o_off, partitions=nk)
-                    em.act(dst_o, dst, func=func, scale=sc, bias=bb)
-                if stores_now:
-                    _band_dma(em, out, ot, km, n, jk, jk + 1, oh0, nbo, bo, OW, OH, P)
-            if not weights_once and gi + 2 < len(kgroups):
-                pass
+                        r_t = residual.sbuf
+                        r_off = _rel(r_t, residual.flat_ap(n * K * OH * OW + jk * OH * OW + pix, nk, KT * OH * OW,
+                                                           (1,), (1,))
+                                     if km.blocked else residual.chan_ap(n, jk * P, nk, pix, (1,), (1,)))
+                    r_ap = r_t.ap((nr, nw), (OW, 1), r_off, partitions=nk) if nr > 1 else \
+                        r_t.ap((nw,), (1,), r_off, partitions=nk)
+                    em.matmul(dst, ident.ap((nk,), (1,), 0, partitions=nk), r_ap, start=False, stop=True)
+                sc, bb = epi(jk, nk)
+                if res_out:  # evacuate PSUM straight into the resident output (at the
+                    ot = out.sbuf  # offset of the AP the store DMA would have written)
+                    pix = (oh0 + t0) * OW + ow0
+                    o_off = _rel(ot, out.flat_ap(n * K * OH * OW + jk * OH * OW + pix, nk, KT * OH * OW, (1,), (1,))
+                                 if km.blocked else out.chan_ap(n, jk * P, nk, pix, (1,), (1,)))
+                dst_o = ot.ap((nr, nw), (OW, 1), o_off, partitions=nk) if nr > 1 else \
+                    ot.ap((nw,), (1,), o_off, partitions=nk)
+                em.act(dst_o, dst, func=func, scale=sc, bias=bb)
+            if stores_now:
+                _band_dma(em, out, ot, km, n, jk, jk + 1, oh0, nbo, bo, OW, OH, P)
         if not stores_now and not res_out:
-            _band_dma(em, out, ot, km, n, 0, KT, oh0, nbo, bo, OW, OH, P)
+            if k_outer:  # this group's output planes of the band
+                _band_dma(em, out, ot, km, n, grp[0], grp[-1] + 1, oh0, nbo, bo, OW, OH, P)
+            elif last_of_band:
+                _band_dma(em, out, ot, km, n, 0, KT, oh0, nbo, bo, OW, OH, P)
     # release
     wpool.release()
     if out_pool is not None:
