@@ -48,6 +48,13 @@ class GraphBuilder:
         self.tensors[name] = TensorInfo(name, tuple(shape), "float32", "intermediate")
         return name
 
+    def channel_shuffle(self, x, groups):
+        """reshape -> permute_dims (0, 2, 1, 3, 4) -> reshape: ShuffleNet's channel shuffle."""
+        N, C, H, W = self.tensors[x].shape
+        r = self.op("reshape", [x], (N, groups, C // groups, H, W))
+        t = self.op("permute_dims", [r], (N, C // groups, groups, H, W), axes=(0, 2, 1, 3, 4))
+        return self.op("reshape", [t], (N, C, H, W))
+
     def build(self, outputs):
         outputs = tuple([outputs] if isinstance(outputs, str) else outputs)
         ts = []

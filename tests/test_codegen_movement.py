@@ -33,10 +33,7 @@ def _shuffle_graph(C, g, H, W):
     b = GraphBuilder()
     x = b.input("x", (1, C, H, W))
     y = b.op("relu", [x], (1, C, H, W))
-    r1 = b.op("reshape", [y], (1, g, C // g, H, W))
-    t = b.op("permute_dims", [r1], (1, C // g, g, H, W), axes=(0, 2, 1, 3, 4))
-    r2 = b.op("reshape", [t], (1, C, H, W))
-    z = b.op("relu", [r2], (1, C, H, W))
+    z = b.op("relu", [b.channel_shuffle(y, g)], (1, C, H, W))
     return b.build(z), z
 
 

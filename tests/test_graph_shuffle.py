@@ -17,9 +17,7 @@ def _shuffle_unit(C, g, H, rng, extra_reader=False):
     b = GraphBuilder()
     x = b.input("x", (1, C, H, H))
     h = b.op("relu", [x], (1, C, H, H))
-    r = b.op("reshape", [h], (1, g, C // g, H, H))
-    p = b.op("permute_dims", [r], (1, C // g, g, H, H), axes=(0, 2, 1, 3, 4))
-    s = b.op("reshape", [p], (1, C, H, H))
+    s = b.channel_shuffle(h, g)
     wd = rng.standard_normal((C, 1, 3, 3)).astype(np.float32) / 3
     d = b.op("conv2d", [s, b.const("wd", wd)], (1, C, H, H), strides=(1, 1), padding=(1, 1, 1, 1), groups=C,
              dilation=(1, 1))
