@@ -30,6 +30,7 @@ def files(tmp_path_factory):
     (d / "garbage.onnx").write_bytes(b"\x00garbage\xff" * 10)
     unsup = d / "unsup.onnx"
     onnx.save(_onnx_tiny.tiny_cnn(extra_op="Celu"), str(unsup))
+    onnx.save(_onnx_tiny.tiny_cnn(extra_op="Erf"), str(d / "host_erf.onnx"))  # imports; no NeuronCore lowering
     x = np.random.default_rng(7).standard_normal((1, 3, 16, 16)).astype(np.float32)
     np.save(d / "x.npy", x)
     np.save(d / "x_shape.npy", x[:, :, :8])
@@ -223,3 +224,12 @@ def test_run_rebatches_a_batch1_model(files, capsys, tmp_path):
     r = json.loads(rep.read_text())
     assert r["inputs"]["x"]["shape"] == [4, 3, 16, 16] and r["host_ops"] == []
     assert np.load(outs)["y"].shape == (4, 10) and r["reference_rel_err"]["y"] <= 1e-3
+
+
+def test_run_says_why_an_operator_stays_on_the_host(files, capsys):
+    """The summary names each host operator's reason (a code generator failure must not look like
+    a silent "0 ops on the NeuronCore")."""
+    rc, out, err = run(["run", str(files / "host_erf.onnx")], capsys)
+    assert rc == 0, err
+    assert re.search(r"^offload\s.*1 on the host \(erf\)", out, re.M)
+    assert re.search(r"^host because\s+operator erf has no NeuronCore lowering", out, re.M)

@@ -193,6 +193,14 @@ def _print_summary(r, polyinf, args, planner, dtype):
         rows.append(("offload", f"{r.get('device_ops', 0)} ops on the NeuronCore in "
                                 f"{r.get('segments', 0)} segment(s); "
                                 f"{len(host)} on the host" + (f" ({', '.join(ops)})" if ops else "")))
+        reasons = {}
+        for h in host:  # why (a code generator failure shows here, not only as a warning)
+            reasons.setdefault(h.get("reason") or "unsupported", []).append(h["name"])
+        for why, names in list(reasons.items())[:3]:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            rows.append(("host because", f"{why} ({', '.join(names[:3])}{more})"))
+        if len(reasons) > 3:
+            rows.append(("host because", f"... {len(reasons) - 3} more reasons in the report's host_ops"))
         for k in ("cycles", "latency_us", "hbm_read_bytes", "hbm_write_bytes",
                   "dma_transfer_count", "dma_transfer_total_bytes", "dma_stall_cycles",
                   "sbuf_peak_bytes", "psum_peak_bytes", "macs"):
