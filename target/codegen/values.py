@@ -41,6 +41,8 @@ class Value:
     sbuf: Optional[Tile] = None
     partitions: int = 128
     images: int = 1  # resident only: > 1 = per-image row-split (image n's rows at n * L on each partition)
+    base: Optional["Value"] = None  # row window: this Value is rows [row0, row0 + H) of ``base``
+    row0: int = 0
 
     @property
     def itemsize(self):
@@ -66,9 +68,48 @@ class Value:
         N, C, F = self.ncf(channel_axis)
         return self.flat_ap(((n * C) + c0) * F + elem_off, nc, F, sizes, strides)
 
+    def window(self, row0: int, rows: int) -> "Value":
+        """Rows [row0, row0 + rows) of an NCHW tensor as a Value of shape (N, C, rows, W) over the
+        same placement (HBM or SBUF-resident): operator code runs unchanged on a band of a
+        tensor (the view translates its access patterns, see :meth:`flat_ap`)."""
+        if len(self.shape) != 4 or not 0 <= row0 < row0 + rows <= self.shape[2]:
+            raise CodegenError(f"{self.name}: no row window [{row0}, {row0 + rows}) of shape {self.shape}")
+        root, r0 = (self.base, self.row0 + row0) if self.base is not None else (self, row0)
+        N, C, _, W = self.shape
+        return Value(f"{self.name}[rows {row0}:{row0 + rows}]", (N, C, rows, W), self.dtype, hbm=root.hbm,
+                     sbuf=root.sbuf, partitions=root.partitions, images=root.images, base=root, row0=r0)
+
+    def _to_base(self, elem_off, partitions, partition_stride, sizes, strides):
+        """Translate an access over this row window's flat index space to its base tensor: a
+        stride that is a multiple of the window's channel plane (rows x W) steps whole planes of
+        the base; the other strides must stay inside one plane."""
+        N, C, Hw, W = self.shape
+        H = self.base.shape[2]
+        Fw, F = Hw * W, H * W
+        q, r = divmod(int(elem_off), Fw)
+        span = r
+        out_strides = []
+        for n, st in zip(sizes, strides):
+            if n > 1 and st % Fw == 0:
+                out_strides.append(st // Fw * F)
+            else:
+                out_strides.append(st)
+                span += (n - 1) * abs(st)
+        ps = partition_stride
+        if ps % Fw == 0:
+            ps = ps // Fw * F
+        else:  # rows inside one plane: must not leave it either
+            span += (partitions - 1) * abs(partition_stride)
+        if span >= Fw:
+            raise CodegenError(f"{self.name}: access pattern crosses a channel plane of the row window")
+        return q * F + self.row0 * W + r, ps, tuple(out_strides)
+
     def flat_ap(self, elem_off: int, partitions: int, partition_stride: int, sizes, strides) -> isa.AP:
         """AP over the flat row-major tensor: row p (of ``partitions``) starts at element
         ``elem_off + p * partition_stride``."""
+        if self.base is not None:
+            off, ps, st = self._to_base(elem_off, partitions, partition_stride, sizes, strides)
+            return self.base.flat_ap(off, partitions, ps, sizes, st)
         if self.hbm is not None:
             return self.hbm.ap(elem_off, partitions, partition_stride, sizes, strides)
         if self.sbuf is not None:
