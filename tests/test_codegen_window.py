@@ -64,3 +64,29 @@ def test_window_of_a_window_and_bad_accesses():
         ww.flat_ap(0, 1, 0, (30,), (1,))  # 30 contiguous elements run past a 24-element plane
     with pytest.raises(CodegenError, match="no row window"):
         v.window(8, 5)
+
+
+def test_pool_on_row_windows_of_a_resident_input():
+    """The same through an SBUF-resident base: a 2x2/2 max pool band by band from windows of a
+    resident (row-split) input."""
+    from target.codegen.pool import pool2d
+
+    rng = np.random.default_rng(2)
+    cfg = load_config("inf2")
+    em = Emitter(cfg, "pool_bands")
+    C, H = 32, 12
+    xh = Value("xh", (1, C, H, H), "fp32", hbm=em.hbm_tensor("xh", (1, C, H, H), "fp32", "input"))
+    tile = em.sbuf_resident(0, C, 0, H * H * 4, "fp32", "x")
+    x = Value("x", (1, C, H, H), "fp32", sbuf=tile)
+    em.tag = "load:copy"
+    em.dma(tile.ap((H * H,)), xh.flat_ap(0, C, H * H, (H * H,), (1,)))
+    y = Value("y", (1, C, H // 2, H // 2), "fp32", hbm=em.hbm_tensor("y", (1, C, H // 2, H // 2), "fp32", "output"))
+    consts = {}
+    for bi, (o0, o1) in enumerate([(0, 2), (2, 3), (3, 6)]):
+        em.tag = f"band{bi}:pool"
+        pool2d(em, x.window(2 * o0, 2 * (o1 - o0)), y.window(o0, o1 - o0), "max", (2, 2), (2, 2), (0, 0, 0, 0),
+               False, _const_fn(em, consts), "fp32")
+    xv = rng.standard_normal((1, C, H, H)).astype(np.float32)
+    res = simulate(em.finish(), cfg, {"xh": xv, **consts})
+    ref = xv.reshape(1, C, H // 2, 2, H // 2, 2).max(axis=(3, 5))
+    assert np.array_equal(res.outputs["y"], ref)
