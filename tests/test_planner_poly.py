@@ -36,23 +36,29 @@ def test_buffer_larger_than_capacity_spills_itself():
     assert "big" in al.spilled and "does not fit" in al.spilled["big"]
 
 
-def _conv_chain_graph():
+def _conv_chain_graph(N=1, H=12, seed=0, relu_before_add=False):
+    """x -> conv3x3 -> relu (h) -> conv1x1 (y) -> y + h -> relu; with ``relu_before_add`` the relu
+    goes on y before the add instead (a separate add kernel, so y and h are both live).
+    Returns (graph, the output's name, rng after drawing the weights)."""
     from tests.codegen_util import GraphBuilder
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     b = GraphBuilder()
-    x = b.input("x", (1, 16, 12, 12))
+    x = b.input("x", (N, 16, H, H))
     w1 = b.const("w1", rng.standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.2)
     w2 = b.const("w2", rng.standard_normal((32, 32, 1, 1)).astype(np.float32) * 0.2)
-    h = b.op("conv2d", [x, w1], (1, 32, 12, 12), padding=(1, 1, 1, 1), strides=(1, 1))
-    h = b.op("relu", [h], (1, 32, 12, 12))
-    y = b.op("conv2d", [h, w2], (1, 32, 12, 12), padding=(0, 0, 0, 0), strides=(1, 1))
-    s = b.op("add", [y, h], (1, 32, 12, 12))
-    o = b.op("relu", [s], (1, 32, 12, 12))
-    return b.build([o]), rng
+    shape = (N, 32, H, H)
+    h = b.op("conv2d", [x, w1], shape, padding=(1, 1, 1, 1), strides=(1, 1))
+    h = b.op("relu", [h], shape)
+    y = b.op("conv2d", [h, w2], shape, padding=(0, 0, 0, 0), strides=(1, 1))
+    if relu_before_add:
+        o = b.op("add", [b.op("relu", [y], shape), h], shape)
+    else:
+        o = b.op("relu", [b.op("add", [y, h], shape)], shape)
+    return b.build([o]), o, rng
 
 
 def test_poly_keeps_chain_resident_and_matches_per_op():
-    g, rng = _conv_chain_graph()
+    g, _, rng = _conv_chain_graph()
     from tvm_poly.driver import compile_graph
     x = rng.standard_normal((1, 16, 12, 12)).astype(np.float32)
     res = {}
@@ -126,21 +132,9 @@ def test_resnet50_poly_bf16_near_floor_and_matches_onnxruntime():
 def test_batch_tiling_when_activations_exceed_sbuf():
     """Batch 8 on inf1 (64 KiB per partition): whole-batch activations do not fit, so the poly
     planner runs the chain per sub-batch with sub-batch buffers and still matches per-op."""
-    from tests.codegen_util import GraphBuilder
-
     from target.config import load_config
     from tvm_poly.driver import compile_graph
-    rng = np.random.default_rng(1)
-    b = GraphBuilder()
-    x = b.input("x", (8, 16, 40, 40))
-    w1 = b.const("w1", rng.standard_normal((32, 16, 3, 3)).astype(np.float32) * 0.2)
-    w2 = b.const("w2", rng.standard_normal((32, 32, 1, 1)).astype(np.float32) * 0.2)
-    h = b.op("conv2d", [x, w1], (8, 32, 40, 40), padding=(1, 1, 1, 1), strides=(1, 1))
-    h = b.op("relu", [h], (8, 32, 40, 40))
-    y = b.op("conv2d", [h, w2], (8, 32, 40, 40), padding=(0, 0, 0, 0), strides=(1, 1))
-    y = b.op("relu", [y], (8, 32, 40, 40))  # relu before the add: a separate add kernel, so y and h are both live
-    o = b.op("add", [y, h], (8, 32, 40, 40))
-    g = b.build([o])
+    g, o, rng = _conv_chain_graph(N=8, H=40, seed=1, relu_before_add=True)
     cfg = load_config("inf1")
     xv = rng.standard_normal((8, 16, 40, 40)).astype(np.float32)
     cp0 = compile_graph(g, cfg, planner="per-op", dtype="bfloat16")

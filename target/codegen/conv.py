@@ -493,6 +493,16 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                      piece_bytes=WEIGHT_PIECE_BYTES, min_piece=PREFETCH_MIN_PIECE if prefetch else None)
         return t
 
+    def resident_off(v, n, jk, nk, pix):
+        """Element offset in ``v``'s resident tile of output-channel tile jk, pixel pix, image n
+        (the offset of the AP a store DMA would have written)."""
+        return _rel(v.sbuf, v.flat_ap(n * K * OH * OW + jk * OH * OW + pix, nk, KT * OH * OW, (1,), (1,))
+                    if km.blocked else v.chan_ap(n, jk * P, nk, pix, (1,), (1,)))
+
+    def rows_ap(t, off, nr, nw, nk):
+        """nr whole output rows (or nw pixels of one row) of tile ``t`` from element ``off``."""
+        return t.ap((nr, nw), (OW, 1), off, partitions=nk) if nr > 1 else t.ap((nw,), (1,), off, partitions=nk)
+
     bands = [(n, oh0, min(bo, OH - oh0)) for n in range(N) for oh0 in range(0, OH, bo)]
     G = len(kgroups)
     weights_once = G == 1
@@ -546,27 +556,16 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                 for bi2, blk in enumerate(blks):
                     em.matmul(dst, stat(gi, blk, jk, nk), mov(blk, t0, nr, ow0, nw),
                               start=bi2 == 0, stop=bi2 == len(blks) - 1 and residual is None)
-                o_off = jk * bo * OW + t0 * OW + ow0
+                o_off = jk * bo * OW + t0 * OW + ow0  # in a band tile laid out like the output band
+                pix = (oh0 + t0) * OW + ow0
                 if residual is not None:  # PSUM += I @ shortcut
-                    if res_hbm:
-                        r_t, r_off = rt, o_off
-                    else:
-                        pix = (oh0 + t0) * OW + ow0
-                        r_t = residual.sbuf
-                        r_off = _rel(r_t, residual.flat_ap(n * K * OH * OW + jk * OH * OW + pix, nk, KT * OH * OW,
-                                                           (1,), (1,))
-                                     if km.blocked else residual.chan_ap(n, jk * P, nk, pix, (1,), (1,)))
-                    r_ap = r_t.ap((nr, nw), (OW, 1), r_off, partitions=nk) if nr > 1 else \
-                        r_t.ap((nw,), (1,), r_off, partitions=nk)
+                    r_ap = rows_ap(rt, o_off, nr, nw, nk) if res_hbm else \
+                        rows_ap(residual.sbuf, resident_off(residual, n, jk, nk, pix), nr, nw, nk)
                     em.matmul(dst, ident.ap((nk,), (1,), 0, partitions=nk), r_ap, start=False, stop=True)
                 sc, bb = epi(jk, nk)
-                if res_out:  # evacuate PSUM straight into the resident output (at the
-                    ot = out.sbuf  # offset of the AP the store DMA would have written)
-                    pix = (oh0 + t0) * OW + ow0
-                    o_off = _rel(ot, out.flat_ap(n * K * OH * OW + jk * OH * OW + pix, nk, KT * OH * OW, (1,), (1,))
-                                 if km.blocked else out.chan_ap(n, jk * P, nk, pix, (1,), (1,)))
-                dst_o = ot.ap((nr, nw), (OW, 1), o_off, partitions=nk) if nr > 1 else \
-                    ot.ap((nw,), (1,), o_off, partitions=nk)
+                # evacuate PSUM into the band tile, or straight into the resident output
+                dst_o = rows_ap(out.sbuf, resident_off(out, n, jk, nk, pix), nr, nw, nk) if res_out else \
+                    rows_ap(ot, o_off, nr, nw, nk)
                 em.act(dst_o, dst, func=func, scale=sc, bias=bb)
             if stores_now:
                 _band_dma(em, out, ot, km, n, jk, jk + 1, oh0, nbo, bo, OW, OH, P)

@@ -19,12 +19,12 @@ from __future__ import annotations
 import numpy as np
 
 from target import isa
+from .conv import PREFETCH_MIN_PIECE  # see conv2d's ``prefetch``
 from .emitter import CodegenError, Emitter
 from .values import Value, prod
 
 SMALL_M = 16
 WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer DMAs
-from .conv import PREFETCH_MIN_PIECE  # noqa: E402  (see conv2d's ``prefetch``)
 
 
 def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func: str = "identity",
@@ -62,14 +62,15 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
     chunked = None
     if nchunks > 1 and b_value is not None and const is not None:
         bv = np.asarray(b_value, np.float32).reshape(Kd, N)
-        arr = np.zeros((nchunks, parts, KT, NC), np.float32)
-        for j in range(KT):
-            for p in range(kparts(j)):
-                k = p * KT + j if blocked else j * P + p
-                row = bv[k]
-                for c in range(nchunks):
-                    seg = row[c * NC:(c + 1) * NC]
-                    arr[c, p, j, :len(seg)] = seg
+        if blocked:  # k = p*KT + j
+            A = bv.reshape(parts, KT, N)
+        else:  # k = j*P + p, zero rows past Kd
+            A = np.zeros((KT * parts, N), np.float32)
+            A[:Kd] = bv
+            A = A.reshape(KT, parts, N).transpose(1, 0, 2)
+        Ap = np.zeros((parts, KT, nchunks * NC), np.float32)
+        Ap[:, :, :N] = A
+        arr = Ap.reshape(parts, KT, nchunks, NC).transpose(2, 0, 1, 3)  # [chunk][partition][plane][col]
         chunked = const(f"{em.tag.split(':')[0]}/b_chunks", arr.reshape(nchunks * parts, KT * NC), cdt)
 
     def load_b(c):

@@ -287,7 +287,7 @@ def plan_fused(graph: OpGraph, config=None, dtype: str = "float32", groups=None)
             readers.setdefault(root(i), []).append(ki)
     outputs = {root(o) for o in graph.outputs}
     try:
-        from tvm_poly.planners.poly import RESIDENT_KINDS, _sbuf_size, _scratch_need, resident_rows
+        from tvm_poly.planners.poly import RESIDENT_KINDS, _capacity, _sbuf_size, resident_rows
     except Exception:  # noqa: BLE001 - the resident codegen path is not there: all HBM
         RESIDENT_KINDS = None
     buffers, splits = [], {}
@@ -331,9 +331,7 @@ def plan_fused(graph: OpGraph, config=None, dtype: str = "float32", groups=None)
     peak = 0
     if buffers:
         size = _sbuf_size(config)
-        from target.codegen.const_block import block_bytes
-        pinned = block_bytes(kernels, graph.tensor_map)  # the program's constant block (bottom of SBUF)
-        capacity = [max(0, size - pinned - _scratch_need(graph, k, it, size)) for k in kernels]
+        capacity = _capacity(graph, kernels, it, size)
         alloc = allocate(buffers, capacity, size)
         alloc.check()
         peak = getattr(alloc, "peak", 0)

@@ -6,6 +6,9 @@ that a kernel waits for the producers of its inputs (a fused residual add may re
 that graph order computes after the conv)."""
 from __future__ import annotations
 
+import dataclasses
+import heapq
+
 from tvm_poly.graph import OpGraph
 from tvm_poly.plan import GroupPlan, Plan, TensorPlacement
 from tvm_poly.planners.patterns import match_lrn
@@ -118,22 +121,17 @@ def plan_per_op(graph: OpGraph, config=None, dtype: str = "float32") -> Plan:
     for t in graph.tensors:
         if t.name not in aliased and not t.is_constant:
             placements.append(TensorPlacement(t.name, "hbm"))
-    return Plan("per-op", dtype, tuple(placements), _topological(groups, placements))
+    plan = Plan("per-op", dtype, tuple(placements), tuple(groups))
+    return dataclasses.replace(plan, groups=_topological(plan))
 
 
-def _topological(groups, placements):
-    """Groups in graph order, except that a group waits for the producers of all its inputs
-    (a fused residual add reads a shortcut that graph order may compute after the conv)."""
-    alias = {p.name: p.alias_of for p in placements if p.placement == "alias"}
-
-    def root(t):
-        while t in alias:
-            t = alias[t]
-        return t
+def _topological(plan):
+    """The plan's groups in graph order, except that a group waits for the producers of all its
+    inputs (a fused residual add reads a shortcut that graph order may compute after the conv)."""
+    groups, root = plan.groups, plan.alias_root()
     made = {root(g.output): i for i, g in enumerate(groups)}
     deps = [{made[root(x)] for x in g.inputs if root(x) in made and made[root(x)] != i}
             for i, g in enumerate(groups)]
-    import heapq
     indeg = [len(d) for d in deps]
     users = {}
     for i, d in enumerate(deps):

@@ -126,6 +126,15 @@ def _scratch_need(graph, g, it, size) -> int:
     return int(min(need, 0.85 * size))
 
 
+def _capacity(graph, kernels, it, size) -> list:
+    """Resident bytes per partition allowed at each kernel: SBUF minus the program's constant
+    block (bottom of SBUF, target/codegen/const_block.py) minus the kernel's own scratch."""
+    from target.codegen.const_block import block_bytes
+
+    pinned = block_bytes(kernels, graph.tensor_map)
+    return [max(0, size - pinned - _scratch_need(graph, k, it, size)) for k in kernels]
+
+
 BATCH_KINDS = {"conv2d", "elementwise", "batch_norm", "pool", "concat"}
 
 
@@ -249,9 +258,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             reload += fp if fp is not None else b.save_bytes
         return Buffer(b.name, b.start, b.end, b.partitions, b.nbytes, b.uses, b.save_bytes, reload)
 
-    from target.codegen.const_block import block_bytes
-    pinned = block_bytes(groups, tm)  # the program's constant block sits at the bottom of SBUF
-    capacity = [max(0, size - pinned - _scratch_need(graph, g, it, size)) for g in groups]
+    capacity = _capacity(graph, groups, it, size)
     # ---- batch tiling: kernels [0, s) run per sub-batch of k images (their intermediates hold
     # k images and are reused by the next sub-batch; their weights load N/k times), kernels
     # [s, m) over the whole batch.  (k, s) minimises spill + extra weight traffic.
