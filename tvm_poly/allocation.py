@@ -190,7 +190,11 @@ def resident_deaths(plan, root=lambda n: n) -> dict:
 def release_dead(ctx, names):
     """Free the SBUF ranges of resident tensors after their last reader (a sub-batch buffer is
     reserved again by the next sub-batch's producer)."""
+    bands = getattr(ctx, "bands", {})
     for nm in names:
+        if nm in bands:  # a band buffer (spatial tiling)
+            ctx.em.free(bands.pop(nm)[0].sbuf)
+            continue
         v = ctx.values.get(nm)
         if v is not None and v.sbuf is not None:
             ctx.em.free(v.sbuf)
@@ -260,3 +264,66 @@ def restore_views(ctx, saved: dict):
             ctx.values.pop(nm, None)
         else:
             ctx.values[nm] = v
+
+
+def band_views(ctx, g) -> dict:
+    """Before lowering one step of a row-banded kernel (spatial tiling: ``rows`` / ``origin`` /
+    ``in_rows`` params of a poly plan): swap in row-window Values (``Value.window``) of its
+    inputs and output.  A tensor with a band buffer (placement.band_rows > 0) lives in
+    ``ctx.bands[name] = (base Value of band_rows rows, origin row, rows computed)``; before its
+    producer writes new rows the buffer drops rows [old origin, new origin) and moves the kept
+    halo rows to its front (one engine copy per chunk of rows, all channel planes at once).
+    Returns what to restore after the lowering (:func:`restore_views`)."""
+    from target.codegen.emitter import CodegenError
+    from target.codegen.values import Value
+
+    bands = ctx.__dict__.setdefault("bands", {})
+    r0, r1 = g.param("rows")
+    saved = {}
+    for nm, i0, i1 in g.param("in_rows", ()):
+        if nm in bands:
+            base, org, done = bands[nm]
+            if not (org <= i0 and i1 <= done):
+                raise CodegenError(f"{g.tag}: rows [{i0}, {i1}) of {nm} are not in its band buffer "
+                                   f"(rows [{org}, {done}))")
+            saved.setdefault(nm, ctx.values.get(nm))
+            ctx.values[nm] = base.window(i0 - org, i1 - i0)
+        else:
+            full = saved.setdefault(nm, ctx.value(nm))
+            ctx.values[nm] = full.window(i0, i1 - i0)
+    out = g.output
+    pl = ctx.plan.placement(out)
+    if pl.placement == "sbuf" and pl.band_rows:
+        new_org = int(g.param("origin"))
+        shape = tuple(ctx.tm[out].shape)
+        N, C, _, W = shape
+        if out not in bands:
+            tile = ctx.em.sbuf_resident(pl.start_partition, pl.num_partitions, pl.offset, pl.nbytes, ctx.cdt, out)
+            base = Value(out, (N, C, pl.band_rows, W), ctx.cdt, sbuf=tile, images=N)
+            base.flat_ap(0, pl.num_partitions, base.size // N // pl.num_partitions, (1,), (1,))  # layout check
+            bands[out] = (base, new_org, new_org)
+        base, org, done = bands[out]
+        if r1 - new_org > pl.band_rows or new_org < org or r0 != max(done, new_org):
+            raise CodegenError(f"{g.tag}: band step rows [{r0}, {r1}) origin {new_org} do not follow the "
+                               f"band buffer of {out} (rows [{org}, {done}), {pl.band_rows} rows)")
+        if new_org > org and done > new_org:
+            _shift_rows(ctx.em, base, new_org - org, done - new_org)
+        bands[out] = (base, new_org, r1)
+        saved.setdefault(out, ctx.values.get(out))
+        ctx.values[out] = base.window(r0 - new_org, r1 - r0)
+    else:
+        full = saved.setdefault(out, ctx.out(out))
+        ctx.values[out] = full.window(r0, r1 - r0)
+    return saved
+
+
+def _shift_rows(em, base, d: int, n: int):
+    """Move rows [d, d + n) of every channel plane of band buffer ``base`` to rows [0, n) (in
+    chunks of at most d rows, front to back, so no copy reads what it overwrites)."""
+    N, C, cap, W = base.shape
+    tile = base.sbuf
+    planes = base.size // tile.partitions // cap // W  # images x channel planes per partition
+    for c0 in range(0, n, d):
+        m = min(d, n - c0)
+        em.copy(tile.ap((planes, m * W), (cap * W, 1), c0 * W),
+                tile.ap((planes, m * W), (cap * W, 1), (d + c0) * W))

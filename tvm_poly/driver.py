@@ -185,7 +185,7 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
     from target.codegen.const_block import ConstBlock, columns
     ctx.const_block = ConstBlock(em, ctx.const, ctx.constants, columns(plan.groups, graph.tensor_map, em.partitions),
                                  em.partitions)
-    from .allocation import batch_views, release_dead, resident_deaths, restore_views
+    from .allocation import band_views, batch_views, release_dead, resident_deaths, restore_views
     deaths = resident_deaths(plan, ctx.root)  # group index -> resident tensors read last there
     for gi, g in enumerate(plan.groups):
         fn = LOWERINGS.get(g.kind)
@@ -194,6 +194,8 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         em.tag = g.tag
         sub = g.param("images")  # poly batch tiling: this kernel runs on images [n0, n0 + k)
         saved = batch_views(ctx, g, *sub) if sub else None
+        if g.param("rows") is not None:  # poly spatial tiling: this kernel computes a band of rows
+            saved = band_views(ctx, g)
         fn(ctx, g)
         if saved is not None:
             restore_views(ctx, saved)

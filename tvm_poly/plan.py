@@ -21,11 +21,12 @@ class TensorPlacement:
     offset: int = 0
     nbytes: int = 0
     images: int = 1  # placement == "sbuf": > 1 = per-image row-split layout (see target.codegen.values)
+    band_rows: int = 0  # placement == "sbuf": > 0 = a band buffer of that many rows (spatial tiling)
 
     def __str__(self):
         if self.placement == "sbuf":
             return (f"{self.name}: sbuf p[{self.start_partition}:{self.start_partition + self.num_partitions}]"
-                    f" @{self.offset} +{self.nbytes}B")
+                    f" @{self.offset} +{self.nbytes}B" + (f" band of {self.band_rows} rows" if self.band_rows else ""))
         if self.placement == "alias":
             return f"{self.name}: alias of {self.alias_of}"
         return f"{self.name}: hbm"

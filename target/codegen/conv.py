@@ -427,8 +427,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         if res_in:  # resident input: read (or pad-copy) straight from its SBUF buffer, at the
             st = x.sbuf  # element offsets of the APs the load DMA would have read
             if cm.blocked:
-                a0 = _rel(st, x.flat_ap(n * C * H * W + ih0 * W, cm.parts, CT * H * W, (CT, nvalid * W), (H * W, 1)))
-                poffs = [a0 + j * H * W for j in range(CT)]
+                # per plane: a row window's planes lie its base's plane apart, not H*W
+                poffs = [_rel(st, x.flat_ap(n * C * H * W + j * H * W + ih0 * W, cm.parts, CT * H * W,
+                                            (nvalid * W,), (1,))) for j in range(CT)]
             else:
                 poffs = [_rel(st, x.chan_ap(n, j * P, cm.nparts(j), ih0 * W, (nvalid * W,), (1,))) for j in range(CT)]
         else:

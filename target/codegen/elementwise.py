@@ -159,8 +159,14 @@ def elementwise_resident(em: Emitter, out: Value, inputs: list, op: str, post: s
     order = [k for k in range(len(inputs)) if full[k]] + [k for k in range(len(inputs)) if not full[k]]
     if order[0] != 0 and op not in COMMUTATIVE:
         raise CodegenError(f"{op} with a broadcast first operand")
-    for n_img, f0 in [(n_img, f0) for n_img in range(images) for f0 in range(0, L, chunk)]:
-        nf = min(chunk, L - f0)
+    # a row window (Value.window) of a tensor is contiguous only within one channel plane: its
+    # chunks must not cross planes
+    plane = prod(out.shape[2:]) if any(v.base is not None for v in list(inputs) + [out]) else L
+    if L % plane:
+        plane = L
+    pieces = [(n_img, f0, min(chunk, p0 + plane - f0)) for n_img in range(images)
+              for p0 in range(0, L, plane) for f0 in range(p0, p0 + plane, chunk)]
+    for n_img, f0, nf in pieces:
         f0 += n_img * img  # flat element of (image n_img, row 0, column f0)
         aps = {}
         for k, v in enumerate(inputs):

@@ -19,6 +19,28 @@ def bn_scale_shift(ctx, names, eps):
     return scale.astype(np.float32), shift.astype(np.float32)
 
 
+def band_pad(ctx, g, pad, stride, rows_k, dilation=1):
+    """Padding of one row band of a conv/pool (spatial tiling, ``rows`` param): output rows
+    [o0, o1) read input rows [a, b) = [o0*s - top, (o1-1)*s - top + (R-1)*d + 1); the rows of
+    that range outside the tensor are the band's padding.  The plan's input window (from isl)
+    must be exactly the clipped range."""
+    rows = g.param("rows")
+    if rows is None:
+        return pad
+    o0, o1 = rows
+    H = int(ctx.info(g.inputs[0]).shape[2])
+    win = [w for w in g.param("in_rows", ()) if w[0] == g.inputs[0]]
+    if not win:
+        raise CodegenError(f"{g.tag}: row band without an input window")
+    _, i0, i1 = win[0]
+    a = o0 * stride - pad[0]
+    b = (o1 - 1) * stride - pad[0] + (rows_k - 1) * dilation + 1
+    if (i0, i1) != (max(0, a), min(H, b)):
+        raise CodegenError(f"{g.tag}: band rows [{o0}, {o1}) read input rows [{max(0, a)}, {min(H, b)}), "
+                           f"the plan's window is [{i0}, {i1})")
+    return (i0 - a, pad[1], b - i1, pad[3])
+
+
 @register_lowering("elementwise")
 def lower_elementwise(ctx, g):
     ins = [ctx.value(i) for i in g.inputs]
@@ -65,6 +87,7 @@ def lower_conv2d(ctx, g):
         pad = (pad[0], pad[1], pad[0], pad[1])
     pad = (pad[0], pad[1], pad[2], pad[3])  # relax: (top, left, bottom, right)
     stride = tuple(node.attr("strides", (1, 1)))
+    pad = band_pad(ctx, g, pad, stride[0], int(winfo.shape[2]), int(tuple(node.attr("dilation", (1, 1)))[0]))
     scale = bias = None
     if g.param("bn"):
         scale, bias = bn_scale_shift(ctx, g.param("bn"), g.param("bn_eps", 1e-5))
@@ -103,5 +126,6 @@ def lower_pool(ctx, g):
         pad = (pad[0], pad[1], pad[0], pad[1])
     if tuple(g.param("dilation", (1, 1))) != (1, 1):
         raise CodegenError(f"{g.tag}: pool dilation")
+    pad = band_pad(ctx, g, pad, tuple(g.param("strides", (1, 1)))[0], tuple(g.param("pool_size"))[0])
     pool2d(ctx.em, ctx.value(g.inputs[0]), ctx.out(g.output), g.param("mode"), tuple(g.param("pool_size")),
            tuple(g.param("strides", (1, 1))), pad, bool(g.param("count_include_pad", False)), ctx.const, ctx.cdt)

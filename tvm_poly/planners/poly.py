@@ -101,12 +101,14 @@ def _sbuf_size(config) -> int:
     return int(getattr(config, "sbuf_bytes_per_partition", 196608))
 
 
-def _scratch_need(graph, g, it, size) -> int:
-    """SBUF bytes per partition kernel ``g`` wants for itself (weights once, bands, streams)."""
+def _scratch_need(graph, g, it, size, in_rows=None) -> int:
+    """SBUF bytes per partition kernel ``g`` wants for itself (weights once, bands, streams);
+    ``in_rows``: the input rows one step reads when the kernel runs in row bands."""
     tm = graph.tensor_map
     if g.kind == "conv2d":
         node = graph.node(g.ops[0])
         N, C, H, W = tm[node.inputs[0]].shape
+        H = in_rows or H
         K, Cg, R, S = tm[node.inputs[1]].shape
         groups = int(node.attr("groups", 1))
         CT, KT = -(-C // 128), -(-K // 128)
@@ -126,13 +128,16 @@ def _scratch_need(graph, g, it, size) -> int:
     return int(min(need, 0.85 * size))
 
 
-def _capacity(graph, kernels, it, size) -> list:
+def _capacity(graph, kernels, it, size, in_rows=None, pinned=None) -> list:
     """Resident bytes per partition allowed at each kernel: SBUF minus the program's constant
-    block (bottom of SBUF, target/codegen/const_block.py) minus the kernel's own scratch."""
+    block (bottom of SBUF, target/codegen/const_block.py) minus the kernel's own scratch
+    (``in_rows``: {kernel index: input rows per step} of row-banded kernels)."""
     from target.codegen.const_block import block_bytes
 
-    pinned = block_bytes(kernels, graph.tensor_map)
-    return [max(0, size - pinned - _scratch_need(graph, k, it, size)) for k in kernels]
+    if pinned is None:
+        pinned = block_bytes(kernels, graph.tensor_map)
+    in_rows = in_rows or {}
+    return [max(0, size - pinned - _scratch_need(graph, k, it, size, in_rows.get(i))) for i, k in enumerate(kernels)]
 
 
 BATCH_KINDS = {"conv2d", "elementwise", "batch_norm", "pool", "concat"}
@@ -155,9 +160,122 @@ def _axis(g, tm):
     return a + len(tm[g.output].shape) if a < 0 else a
 
 
-def _group_statements(pm, g):
+def model_names(graph, pm):
+    """(graph tensor -> model array, graph node -> model op names).  The Relax form of an OpGraph
+    (``fused._relax_of``) names a node's binding ``tvmpoly_<output>`` (batch_norm ``..__bn``,
+    add_n's partial sums ``..__accK``) and keeps parameter names (``/`` -> ``_``); a model
+    extracted from a Relax module of the graph's own names matches them as they are."""
+    from tvm_poly.planners.fused import _PFX
+
+    arrays = {}
+    for t in graph.tensors:
+        for cand in (t.name, _PFX + t.name, t.name.replace("/", "_")):
+            if cand in pm.arrays:
+                arrays[t.name] = cand
+                break
+    by_name = {o.name for o in pm.ops}
+    stem = {}
+    for o in by_name:
+        stem.setdefault(o.split("__")[0], set()).add(o)
+    node_ops = {}
+    for n in graph.nodes:
+        got = set()
+        for key in (n.name, _PFX + n.output):
+            got |= {o for o in stem.get(key, ()) if o == key or o.startswith(key + "__")}
+        node_ops[n.name] = got
+    return arrays, node_ops
+
+
+def _group_statements(pm, g, node_ops=None):
     names = set(g.ops)
+    if node_ops is not None:
+        names = set().union(*(node_ops.get(o, set()) for o in g.ops)) | names
     return [s.domain for s in pm.statements if s.op in names]
+
+
+ROW_BANDS = (2, 4, 8, 16)  # band counts tried per segment
+ROW_REACH = 8  # kernels a segment may extend past a spilled tensor's producer / last reader
+
+
+def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers, root,
+                    outputs, cut, notes):
+    """Spatial tiling: while tensors spill, try running a segment of consecutive kernels around the
+    largest spilled one in B row bands (``tvm_poly.row_bands``): its intermediates read only
+    inside the segment shrink to band buffers, every kernel's weights load B times and HBM inputs
+    re-read their halo rows.  Keep the (segment, B) that lowers spill + extra bytes the most."""
+    from tvm_poly.row_bands import SPATIAL_KINDS, band_schedule, row_maps
+
+    try:
+        maps = row_maps(pm, graph, groups, arrays, node_ops)
+    except Exception as e:  # noqa: BLE001
+        notes.append(f"row maps from the model failed ({type(e).__name__}: {e}); no spatial tiling")
+        return best
+    tm = graph.tensor_map
+    cands = {b.name for b in buffers}
+    by_name = {b.name: b for b in buffers}
+    out_of = {g.output: j for j, g in enumerate(groups)}
+
+    def bandable(j):
+        g = groups[j]
+        acts = [i for i in g.inputs if not tm[i].is_constant and tm[i].kind != "weight"]
+        return g.kind in SPATIAL_KINDS and acts and all((j, i) in maps for i in acts)
+
+    ok = [j >= cut and bandable(j) for j in range(len(groups))]
+
+    def schedule(lo, hi, B):
+        inside = range(lo, hi)
+        for c in inside:  # a kernel reading a segment tensor through an alias sees it unfinished
+            for i in groups[c].inputs:
+                if root(i) != i and out_of.get(root(i), -1) in inside:
+                    return None
+        internal = set()
+        for j in inside:
+            t = groups[j].output
+            if t in cands and t not in outputs and members.get(t, [t]) == [t] and \
+                    all(lo <= u < hi for u in readers.get(t, [])):
+                internal.add(t)
+        H = int(tm[groups[hi - 1].output].shape[2])
+        if B > H:
+            return None
+        edges = [round(k * H / B) for k in range(B + 1)]
+        heights = {groups[j].output: int(tm[groups[j].output].shape[2]) for j in inside}
+        return band_schedule(lo, hi, list(zip(edges[:-1], edges[1:])), groups, maps, heights, internal)
+
+    rsegs, tried = [], set()
+    taken = [False] * len(groups)
+    for _ in range(16):
+        al = best[1]
+        left = [n for n in al.spilled if n not in tried and n in by_name]
+        if not left:
+            break
+        tgt = max(left, key=lambda n: by_name[n].save_bytes + by_name[n].reload_bytes)
+        tried.add(tgt)
+        b = by_name[tgt]
+        if not all(ok[j] and not taken[j] for j in range(b.start, b.end + 1)):
+            continue
+        cand = None
+        lo = b.start
+        while lo >= 0 and lo >= b.start - ROW_REACH and ok[lo] and not taken[lo]:
+            hi = b.end + 1
+            while hi <= len(groups) and hi <= b.end + 1 + ROW_REACH and ok[hi - 1] and not taken[hi - 1]:
+                for B in ROW_BANDS:
+                    sch = schedule(lo, hi, B)
+                    if sch is None:
+                        continue
+                    rs = rsegs + [(lo, hi, B, sch)]
+                    c, al2, bs = variant(best[3], rs)
+                    if c < best[0] and (cand is None or c < cand[0]):
+                        cand = (c, al2, bs, best[3], rs)
+                hi += 1
+            lo -= 1
+        if cand is not None:
+            best = cand
+            rsegs = sorted(cand[4], key=lambda r: r[0])
+            best = (*best[:4], rsegs)
+            for lo_, hi_, *_ in rsegs:
+                for j in range(lo_, hi_):
+                    taken[j] = True
+    return best
 
 
 def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -> PolyPlan:
@@ -188,14 +306,16 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
 
     pm = model if model is not None else _model_of(graph, notes)
     live_ops = {}
+    arrays, node_ops = model_names(graph, pm) if pm is not None else ({}, {})
     if pm is not None:
         try:
             from tvm_poly.dataflow import liveness_table
-            op_group = {op: gi for gi, g in enumerate(groups) for op in g.ops}
+            op_group = {m: gi for gi, g in enumerate(groups) for op in g.ops for m in node_ops.get(op, (op,))}
+            tensor_of = {a: t for t, a in arrays.items()}
             for name, lv in liveness_table(pm).items():
                 if lv.first_write is not None and lv.last_read is not None and \
-                        lv.first_write.op in op_group and lv.last_read.op in op_group:
-                    live_ops[name] = (op_group[lv.first_write.op], op_group[lv.last_read.op])
+                        lv.first_write.op in op_group and lv.last_read.op in op_group and name in tensor_of:
+                    live_ops[tensor_of[name]] = (op_group[lv.first_write.op], op_group[lv.last_read.op])
         except Exception as e:  # noqa: BLE001
             notes.append(f"liveness from the model failed ({type(e).__name__}: {e}); graph order used")
 
@@ -247,12 +367,12 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         reload = 0
         for u in b.uses:
             fp = None
-            if pm is not None and b.name in getattr(pm, "arrays", {}):
+            if pm is not None and b.name in arrays:
                 try:
                     from tvm_poly.queries import footprint
-                    doms = _group_statements(pm, groups[u])
+                    doms = _group_statements(pm, groups[u], node_ops)
                     if doms:
-                        fp = footprint(pm, doms, b.name, "read", elem_bytes=it).bytes
+                        fp = footprint(pm, doms, arrays[b.name], "read", elem_bytes=it).bytes
                 except Exception:  # noqa: BLE001
                     fp = None
             reload += fp if fp is not None else b.save_bytes
@@ -276,10 +396,27 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
                 return sg
         return None
 
-    def variant(segs):
-        """segs: [(lo, hi, k)]: kernels [lo, hi) run per sub-batch of k images, in order."""
+    def variant(segs, rsegs=()):
+        """segs: [(lo, hi, k)]: kernels [lo, hi) run per sub-batch of k images, in order;
+        rsegs: [(lo, hi, B, BandSchedule)]: kernels [lo, hi) run in B row bands."""
         bs = []
+        cap_, band_of, extra = capacity, {}, 0
+        if rsegs:
+            win = {}
+            for lo_, hi_, B, sch in rsegs:
+                band_of.update({t: (lo_, hi_, r) for t, r in sch.cap_rows})
+                for st in sch.steps:
+                    if st.inputs:
+                        win[st.group] = max(win.get(st.group, 0), st.inputs[0][2] - st.inputs[0][1])
+                extra += (B - 1) * sum(wbytes[lo_:hi_])
+            cap_ = _capacity(graph, groups, it, size, win, pinned)
         for b in buffers:
+            if b.name in band_of:  # band buffer: its rows of the current band, live through the segment
+                lo_, hi_, r = band_of[b.name]
+                H = int(tm[b.name].shape[2])
+                bs.append(Buffer(b.name, lo_, hi_ - 1, b.partitions, -(-b.nbytes * r // H), b.uses,
+                                 b.save_bytes, b.reload_bytes))
+                continue
             sg = seg_of(b.start, segs)
             if sg is not None and b.end < sg[1]:  # internal to the segment: k images, reused per sub-batch
                 bs.append(Buffer(b.name, b.start, b.end, b.partitions, b.nbytes * sg[2] // N, b.uses,
@@ -290,20 +427,28 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             # last one: a buffer produced before a segment and read inside it, or produced inside
             # and read after it, must survive the whole segment)
             lo_, hi_ = b.start, b.end
-            for s0, s1, _ in segs:
+            for s0, s1, *_ in list(segs) + list(rsegs):
                 if s0 <= hi_ and lo_ < s1:
                     lo_, hi_ = min(lo_, s0), max(hi_, s1 - 1)
             bs.append(b if (lo_, hi_) == (b.start, b.end) else
                       Buffer(b.name, lo_, hi_, b.partitions, b.nbytes, b.uses, b.save_bytes, b.reload_bytes))
-        al = allocate(bs, capacity, size)
-        cost = al.spill_save_bytes + al.spill_reload_bytes + \
+        al = allocate(bs, cap_, size)
+        for lo_, hi_, B, sch in rsegs:  # halo rows that banded kernels re-read from HBM
+            for (t, _), nrows in sch.reads:
+                if t not in al.slots:
+                    sh = tm[t].shape
+                    extra += max(0, nrows - int(sh[2])) * int(sh[0]) * int(sh[1]) * int(sh[3]) * \
+                        (4 if t in graph.inputs else it)
+        cost = al.spill_save_bytes + al.spill_reload_bytes + extra + \
             sum((N // k - 1) * sum(wbytes[lo:hi]) for lo, hi, k in segs)
         return cost, al, bs
 
-    best = (*variant([]), [])
+    from target.codegen.const_block import block_bytes
+    pinned = block_bytes(groups, tm)
+    best = (*variant([]), [], [])
     if best[1].spilled:  # spills are chosen by reload cost: make it exact (isl footprints)
         buffers = [exact_reload(b) for b in buffers]
-        best = (*variant([]), [])
+        best = (*variant([]), [], [])
     # greedy: add segments left to right while the total (spill + extra weight bytes) drops
     lo = 0
     divisors = [d for d in range(1, N) if N % d == 0]
@@ -314,15 +459,18 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
                 segs = best[3] + [(lo, hi, k)]
                 c, al, bs = variant(segs)
                 if c < best[0] and (cand is None or c < cand[0]):
-                    cand = (c, al, bs, segs)
+                    cand = (c, al, bs, segs, [])
         if cand is None:
             break
         best = cand
         lo = best[3][-1][1]
-    _, alloc, buffers, segs = best
+    cut = best[3][-1][1] if best[3] else 0
+    if best[1].spilled and pm is not None:
+        best = _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers,
+                               root, outputs, cut, notes)
+    _, alloc, buffers, segs, rsegs = best
     alloc.check()
     sub_k = min((k for _, _, k in segs), default=N)
-    cut = segs[-1][1] if segs else 0
     steps = []
     for lo_, hi_, k in segs:
         notes.append(f"batch tiling: kernels {lo_}..{hi_ - 1} run per {k} of {N} images "
@@ -330,7 +478,24 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         steps += [GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output,
                             tuple(sorted(g.params + (("images", (n0, k)),))))
                   for n0 in range(0, N, k) for g in groups[lo_:hi_]]
-    steps += groups[cut:]
+    rs_at = {r[0]: r for r in rsegs}
+    band_rows = {}
+    gi = cut
+    while gi < len(groups):
+        if gi not in rs_at:
+            steps.append(groups[gi])
+            gi += 1
+            continue
+        lo_, hi_, B, sch = rs_at[gi]
+        band_rows.update(dict(sch.cap_rows))
+        notes.append(f"spatial tiling: kernels {lo_}..{hi_ - 1} run in {B} row bands of "
+                     f"{groups[hi_ - 1].output} ({len(sch.steps)} steps; band buffers: "
+                     + (", ".join(f"{t} {r} rows" for t, r in sch.cap_rows) or "none") + ")")
+        for st in sch.steps:
+            g = groups[st.group]
+            steps.append(GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(
+                g.params + (("rows", st.rows), ("origin", st.origin), ("in_rows", st.inputs))))))
+        gi = hi_
 
     placements = [t for t in base.tensors if t.placement == "alias"]
     resident = set()
@@ -341,7 +506,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             imgs = sg[2] if sg is not None and b.end < sg[1] else int(tm[b.name].shape[0])
             placements.append(TensorPlacement(b.name, "sbuf", start_partition=0, num_partitions=b.partitions,
                                               offset=alloc.offset(b.name), nbytes=alloc.slots[b.name][1],
-                                              images=imgs))
+                                              images=imgs, band_rows=band_rows.get(b.name, 0)))
     aliased = {p.name for p in placements}
     for t in graph.tensors:
         if t.name not in aliased and not t.is_constant:
@@ -375,7 +540,9 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
     }
     info["batch_tiling"] = (sub_k, cut)
     info["batch_segments"] = tuple(segs)
-    info["extra_weight_bytes"] = sum((N // k - 1) * sum(wbytes[lo_:hi_]) for lo_, hi_, k in segs)
+    info["extra_weight_bytes"] = sum((N // k - 1) * sum(wbytes[lo_:hi_]) for lo_, hi_, k in segs) + \
+        sum((B - 1) * sum(wbytes[lo_:hi_]) for lo_, hi_, B, _ in rsegs)
+    info["row_segments"] = tuple((lo_, hi_, B) for lo_, hi_, B, _ in rsegs)
     plan = PolyPlan("poly", dtype, tuple(placements), tuple(steps),
                     info=tuple(sorted(info.items())), notes=tuple(notes))
     object.__setattr__(plan, "_allocation", alloc)
