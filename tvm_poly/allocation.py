@@ -140,19 +140,21 @@ def allocate(buffers, capacity, size: int, forced_spills=None) -> Allocation:
         al.spilled[n] = why
     todo = sorted((b for b in buffers if b.name not in al.spilled),
                   key=lambda b: (b.start, -_align(b.nbytes), b.name))
+    live: list = []  # placed buffers whose lifetime reaches the current start (todo is by start)
     for b in todo:
         n = _align(b.nbytes)
+        live = [o for o in live if o in al.slots and al.buffers[o].end >= b.start]
         while True:
             limit = min(al.capacity[b.start:b.end + 1]) if al.capacity else 0
-            busy = [al.slots[o.name] for o in al.buffers.values()
-                    if o.name in al.slots and o.overlaps(b)]
+            busy = [al.slots[o] for o in live if o in al.slots]
             a = _first_fit(busy, n, limit)
             if a is not None:
                 al.slots[b.name] = (a, n)
                 al.order.append(b.name)
+                live.append(b.name)
                 break
             # does not fit: spill the cheapest of b and the buffers live with it
-            cands = [b] + [al.buffers[o] for o in al.slots if al.buffers[o].overlaps(b)]
+            cands = [b] + [al.buffers[o] for o in live if o in al.slots]
             if n > limit:
                 cands = [b]
             victim = min(cands, key=lambda c: (spill_score(c, b.start), c.name != b.name))

@@ -119,6 +119,9 @@ def row_maps(pm, graph, groups, arrays: dict, node_ops: dict) -> dict:
                 maps = None
                 break
             rm = row_map(pm, stmts, arrays[g.output], arrays[i], int(tm[g.output].shape[2]))
+            if rm is not None and g.kind not in ("conv2d", "pool") and \
+                    (rm.lo != tuple(range(len(rm.lo))) or rm.hi != tuple(range(1, len(rm.lo) + 1))):
+                rm = None  # a pointwise kernel whose rows are not row-local (codegen: same shapes)
             if rm is None:
                 maps = None
                 break
@@ -194,7 +197,8 @@ def band_schedule(lo: int, hi: int, bands, groups, maps: dict, heights: dict, in
             org = -1
             if t in internal:
                 org = min(lo_need.get(j, r0), r0)
-                org = max(org, origin[j])
+                if org < origin[j]:  # a consumer needs rows already dropped (e.g. a global pool)
+                    return None
                 r0 = max(r0, org)
                 origin[j] = org
                 cap[t] = max(cap[t], r1 - org)

@@ -49,6 +49,8 @@ def concat(em: Emitter, out: Value, inputs: list[Value], axis: int):
     outer = prod(out.shape[:axis])
     inner = prod(out.shape[axis + 1:])
     total = out.shape[axis]
+    if axis == 1 and rank == 4 and any(v.base is not None for v in list(inputs) + [out]):
+        return concat_windows(em, out, inputs)
     if (outer == 1 or axis == 1) and (out.sbuf is not None or any(v.sbuf is not None for v in inputs)):
         return concat_flat(em, out, inputs, outer)
     c0 = 0
@@ -87,6 +89,39 @@ def concat(em: Emitter, out: Value, inputs: list[Value], axis: int):
         c0 += ci
     if c0 != total:
         raise CodegenError(f"concat inputs give {c0} along axis {axis}, output has {total}")
+
+
+def concat_windows(em: Emitter, out: Value, inputs: list):
+    """Channel concat when an operand is a row window (spatial tiling): a window's channel planes
+    are separate runs of its base, so every DMA moves whole planes: every s-th channel at once,
+    s = the channel planes per partition of a resident operand (1 for HBM), at most 128."""
+    N, C, Hw, W = out.shape
+    Fw = Hw * W
+
+    def planes(v):
+        return None if v.sbuf is None else v.shape[1] // v.sbuf.partitions
+
+    To = planes(out)
+    for n in range(N):
+        c0 = 0
+        for v in inputs:
+            ci = v.shape[1]
+            Ti = planes(v)
+            ts = {t for t in (To, Ti) if t}
+            runs = []
+            if len(ts) > 1:  # both resident, different layouts: plane by plane
+                runs = [(c, 1, 1) for c in range(ci)]
+            else:
+                st = ts.pop() if ts else 1
+                for r in range(st):
+                    cs = [c for c in range(ci) if (c0 + c if To else c) % st == r]
+                    runs += [(cs[k], len(cs[k:k + 128]), st) for k in range(0, len(cs), 128)]
+            for c, cnt, st in runs:
+                em.dma_split(out.flat_ap((n * C + c0 + c) * Fw, cnt, st * Fw, (Fw,), (1,)),
+                             v.flat_ap((n * ci + c) * Fw, cnt, st * Fw, (Fw,), (1,)))
+            c0 += ci
+        if c0 != C:
+            raise CodegenError(f"concat inputs give {c0} channels, output has {C}")
 
 
 def _flat_range_ap(v: Value, off: int, n: int):

@@ -66,8 +66,9 @@ def _relax_of(graph: OpGraph):
             return R.nn.conv2d(x[0], x[1], strides=a("strides", (1, 1)), padding=a("padding", (0, 0, 0, 0)),
                                dilation=a("dilation", (1, 1)), groups=int(a("groups", 1)))
         if op == "batch_norm":
+            # inference semantics (training=True, the default, normalises by the batch's statistics)
             return relax.TupleGetItem(bb.emit(R.nn.batch_norm(*x[:5], axis=int(a("axis", 1)),
-                                                              epsilon=float(a("epsilon", 1e-5))),
+                                                              epsilon=float(a("epsilon", 1e-5)), training=False),
                                               name_hint=f"{_PFX}{n.output}__bn"), 0)
         if op in ("relu",):
             return R.nn.relu(x[0])

@@ -128,16 +128,24 @@ def _scratch_need(graph, g, it, size, in_rows=None) -> int:
     return int(min(need, 0.85 * size))
 
 
-def _capacity(graph, kernels, it, size, in_rows=None, pinned=None) -> list:
+def _capacity(graph, kernels, it, size, in_rows=None, pinned=None, memo=None) -> list:
     """Resident bytes per partition allowed at each kernel: SBUF minus the program's constant
     block (bottom of SBUF, target/codegen/const_block.py) minus the kernel's own scratch
-    (``in_rows``: {kernel index: input rows per step} of row-banded kernels)."""
+    (``in_rows``: {kernel index: input rows per step} of row-banded kernels; ``memo``: a dict
+    that keeps the scratch figures between calls on the same kernels)."""
     from target.codegen.const_block import block_bytes
 
     if pinned is None:
         pinned = block_bytes(kernels, graph.tensor_map)
     in_rows = in_rows or {}
-    return [max(0, size - pinned - _scratch_need(graph, k, it, size, in_rows.get(i))) for i, k in enumerate(kernels)]
+    memo = {} if memo is None else memo
+    out = []
+    for i, k in enumerate(kernels):
+        key = (i, in_rows.get(i))
+        if key not in memo:
+            memo[key] = _scratch_need(graph, k, it, size, key[1])
+        out.append(max(0, size - pinned - memo[key]))
+    return out
 
 
 BATCH_KINDS = {"conv2d", "elementwise", "batch_norm", "pool", "concat"}
@@ -408,8 +416,8 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
                 for st in sch.steps:
                     if st.inputs:
                         win[st.group] = max(win.get(st.group, 0), st.inputs[0][2] - st.inputs[0][1])
-                extra += (B - 1) * sum(wbytes[lo_:hi_])
-            cap_ = _capacity(graph, groups, it, size, win, pinned)
+                extra += (B - 1) * sum(wbytes[lo_:hi_]) + (len(sch.steps) - (hi_ - lo_)) * step_bytes
+            cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo)
         for b in buffers:
             if b.name in band_of:  # band buffer: its rows of the current band, live through the segment
                 lo_, hi_, r = band_of[b.name]
@@ -445,6 +453,11 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
 
     from target.codegen.const_block import block_bytes
     pinned = block_bytes(groups, tm)
+    scratch_memo: dict = {}
+    # a kernel call's fixed cost in bytes: one DMA latency at the aggregate bandwidth (a band step
+    # waits for its weights and inputs before it computes, and its consumer for its output)
+    step_bytes = int(float(getattr(config, "dma_latency_us", 2.0)) * 1e3 * int(getattr(config, "dma_queues", 4)) *
+                     float(getattr(config, "dma_queue_bandwidth_gbps", 3.355)))
     best = (*variant([]), [], [])
     if best[1].spilled:  # spills are chosen by reload cost: make it exact (isl footprints)
         buffers = [exact_reload(b) for b in buffers]
