@@ -42,7 +42,7 @@ def _ref(xv, w1, w2, w3):
 
 
 def _small_sbuf(kib):
-    return dataclasses.replace(load_config("inf2"), sbuf_bytes_per_partition=kib * 1024)
+    return dataclasses.replace(load_config("inf1"), sbuf_bytes_per_partition=kib * 1024)
 
 
 def test_row_maps_are_the_convs_and_pools_windows():
