@@ -51,12 +51,18 @@ def format_plan(graph, plan, it: int) -> str:
     for gi, g in enumerate(plan.groups):
         res_in, loads, w = [], [], 0
         sub = g.param("images")
+        rows = g.param("rows")  # spatial tiling: this step computes output rows [r0, r1)
+        win = {n: (a, b) for n, a, b in g.param("in_rows", ())}
+        win[g.output] = rows
 
-        def where_g(n):  # bytes of this step's sub-batch
+        def where_g(n):  # bytes of this step's sub-batch / row window
             k, nb = where(n)
             shp = tm[root(n)].shape
             if sub and k != "weight" and len(shp) and int(shp[0]) >= sub[1]:
                 nb = nb * sub[1] // int(shp[0])
+            if rows and k != "weight" and win.get(n) and len(shp) == 4:
+                a, b = win[n]
+                nb = nb * (b - a) // int(shp[2])
             return k, nb
         for i in g.inputs:
             k, nb = where_g(i)
@@ -79,8 +85,13 @@ def format_plan(graph, plan, it: int) -> str:
         else:
             tot["stored"] += nb
         tiles = f"images {sub[0]}..{sub[0] + sub[1] - 1}" if sub else "whole tensor"
+        if rows:
+            band = place.get(root(g.output))
+            tiles = f"rows {rows[0]}..{rows[1] - 1}" + (
+                f" (band buffer from row {g.param('origin')})" if band is not None and band.band_rows else "")
+        per = "per sub-batch" if sub else "per band" if rows else "once"
         lines.append(f"[{gi:3d}] {g.tag:<26} tiles: {tiles} | resident in: {', '.join(res_in) or '-'}"
-                     f" | loaded: {', '.join(loads) or '-'} | weights {_fmt_b(w)} {'per sub-batch' if sub else 'once'} | out: {out}")
+                     f" | loaded: {', '.join(loads) or '-'} | weights {_fmt_b(w)} {per} | out: {out}")
     lines.append(f"totals: activations loaded {_fmt_b(tot['loaded'])}, stored {_fmt_b(tot['stored'])}, "
                  f"kept resident {_fmt_b(tot['resident'])}")
     if info:
@@ -91,16 +102,21 @@ def format_plan(graph, plan, it: int) -> str:
     for seg in info.get("batch_segments", ()) or ():
         lo, hi, k = seg
         lines.append(f"batch tiling: kernels {lo}..{hi - 1} run per sub-batch of {k} images")
+    for lo, hi, B in info.get("row_segments", ()) or ():
+        lines.append(f"spatial tiling: kernels {lo}..{hi - 1} run in {B} row bands (halo rows stay in band buffers)")
     alloc = getattr(plan, "_allocation", None)
+    kernels = getattr(plan, "_kernels", None) or tuple(g.tag for g in plan.groups)
     if alloc is not None and alloc.slots:
         t = alloc.peak_time
-        lines.append(f"SBUF map at peak (kernel {t}: {plan.groups[t].tag}), resident extent "
+        lines.append(f"SBUF map at peak (kernel {t}: {kernels[t]}), resident extent "
                      f"{_fmt_b(alloc.extent_at(t))} per partition of {_fmt_b(alloc.size)}, capacity there "
                      f"{_fmt_b(alloc.capacity[t])}, fragmentation {alloc.fragmentation:.1%}:")
         for b in sorted(alloc.live_at(t), key=lambda b: alloc.offset(b.name)):
             off = alloc.offset(b.name)
+            band = place.get(b.name)
             lines.append(f"    [{off:>6}, {off + alloc.slots[b.name][1]:>6}) x p[0:{b.partitions}]  {b.name}"
-                         f"  live kernels {b.start}..{b.end}")
+                         f"  live kernels {b.start}..{b.end}"
+                         + (f"  (band of {band.band_rows} rows)" if band is not None and band.band_rows else ""))
     spilled = info.get("spilled", ())
     if spilled:
         lines.append("spilled to HBM (did not fit):")

@@ -80,7 +80,7 @@ def _out_hw(H, W, R, S, stride, pad):
 
 def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, groups: int,
            const, scale=None, bias=None, func: str = "identity", cdt: str = "fp32", residual: Value = None,
-           prefetch: bool = False, pinned=None):
+           prefetch: bool = False, pinned=None, weight_slot=None):
     """weight: [K, C/groups, R, S] numpy; scale/bias: [K] numpy or None (folded at compile time);
     const(name, array, dtype) -> Value creates compile-time HBM constants.  ``residual`` (same
     shape as ``out``): out = func(conv * scale + bias + residual); the residual is accumulated
@@ -88,7 +88,11 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     weights), so the add costs no Vector/Scalar pass.  ``prefetch``: the plan issues this kernel's
     weight loads ahead of it, so they are cut in bandwidth-sized pieces (``PREFETCH_MIN_PIECE``).
     ``pinned(arr) -> (tile, column) | None``: where the epilogue columns live when the program
-    keeps them in its constant block (:mod:`target.codegen.const_block`)."""
+    keeps them in its constant block (:mod:`target.codegen.const_block`).
+    ``weight_slot = (tile, cache)``: a planner-placed SBUF tile that keeps this kernel's weights
+    across its calls (spatial tiling runs a kernel once per row band); ``cache`` (a dict, the same
+    for every call) remembers what the tile holds, so a later call with the same laid-out
+    weights loads nothing.  Used when the weights load once and fit the tile."""
     N, C, H, W = x.shape
     K, Cg, R, S = weight.shape
     sh, sw = stride
@@ -287,9 +291,17 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             wconsts.append(arr.reshape(cm.parts, -1))
 
     tagbase = em.tag.split(":")[0]
-    wvals = [const(f"{tagbase}/w{gi}", a, cdt) for gi, a in enumerate(wconsts)]
     wsize = max(a.shape[1] for a in wconsts)
-    wpool = em.pool("sbuf", wparts, wsize * it, cdt, 1 if len(kgroups) == 1 else 2, "conv_w")
+    kept = None  # (tile, already loaded) when the planner's slot keeps the weights across calls
+    if weight_slot is not None and len(kgroups) == 1:
+        wt, cache = weight_slot
+        if wparts <= wt.partitions and wsize * it <= wt.nbytes:
+            held = cache.get("weights")
+            kept = (wt, held is not None and held.shape == wconsts[0].shape and np.array_equal(held, wconsts[0]))
+            cache["weights"] = wconsts[0]
+    wvals = [None if kept and kept[1] else const(f"{tagbase}/w{gi}", a, cdt) for gi, a in enumerate(wconsts)]
+    wpool = None if kept else em.pool("sbuf", wparts, wsize * it, cdt, 1 if len(kgroups) == 1 else 2, "conv_w")
+    em.note(weights="kept" if kept and kept[1] else "slot" if kept else "loaded")
 
     # ---------------------------------------------------------------- bands
     def in_rows(bo):
@@ -308,7 +320,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             b += CT * rows_p * Wp * it
         return b + (0 if res_out else KT * bo * OW * it) + (KT * bo * OW * it if res_hbm else 0)
 
-    free = em.sbuf.largest_free() - wpool.tiles[0].nbytes * 0  # pool already allocated
+    free = em.sbuf.largest_free()  # the weight pool is already allocated
     bo = OH
     while bo > 1 and band_bytes(bo) > free * 0.9:
         bo = -(-bo // 2)
@@ -487,7 +499,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         return wtiles[gi].ap((nk,), (1,), blk_off[key], partitions=np_)
 
     def load_weights(gi):
-        t = wpool.next()
+        if kept is not None:
+            if kept[1]:
+                return kept[0]  # loaded by an earlier call: nothing to move
+        t = wpool.next() if kept is None else kept[0]
         a = wconsts[gi]
         em.dma_split(t.ap((a.shape[1],), partitions=a.shape[0]),
                      wvals[gi].flat_ap(0, a.shape[0], a.shape[1], (a.shape[1],), (1,)),
@@ -576,7 +591,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             elif last_of_band:
                 _band_dma(em, out, ot, km, n, 0, KT, oh0, nbo, bo, OW, OH, P)
     # release
-    wpool.release()
+    if wpool is not None:
+        wpool.release()
     if out_pool is not None:
         out_pool.release()
     if res_pool is not None:

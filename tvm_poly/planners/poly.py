@@ -30,6 +30,14 @@ differ only in where tensors live: codegen and simulator are shared and the comp
    whole-batch part are live through all sub-batches.  (k, s) minimises spill bytes + extra
    weight bytes.  Plan groups of a sub-batch carry ``images=(n0, k)``; the driver hands the
    lowering sub-batch views (``tvm_poly.allocation.batch_views``).
+6. **Spatial tiling.**  While tensors still spill, a segment of consecutive spatial kernels
+   around the costliest spilled one runs in B row bands (:mod:`tvm_poly.row_bands`): isl gives
+   every kernel's {output row -> input rows} map, the band schedule computes each row once and
+   keeps halo rows on chip; intermediates read only inside the segment become band buffers of a
+   few rows.  (segment, B) minimises spill + weights reloaded per band + halo rows re-read from
+   HBM + a DMA latency's worth of bytes per extra kernel call; a wider segment may absorb one
+   chosen before.  Plan groups of a band carry ``rows``, ``origin`` and ``in_rows``; the driver
+   hands the lowering row-window views (``tvm_poly.allocation.band_views``).
 """
 from __future__ import annotations
 
@@ -126,6 +134,16 @@ def _scratch_need(graph, g, it, size, in_rows=None) -> int:
     else:
         need = 65536
     return int(min(need, 0.85 * size))
+
+
+def _weight_pp(graph, g, it) -> int:
+    """SBUF bytes per partition of a conv kernel's laid-out weights (dense channel blocks x taps x
+    output-channel tile); the codegen's layout never needs more."""
+    tm = graph.tensor_map
+    node = graph.node(g.ops[0])
+    C = tm[node.inputs[0]].shape[1]
+    K, _, R, S = tm[node.inputs[1]].shape
+    return -(-C // 128) * -(-K // 128) * R * S * min(K, 128) * it
 
 
 def _capacity(graph, kernels, it, size, in_rows=None, pinned=None, memo=None) -> list:
@@ -250,7 +268,6 @@ def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops,
         return band_schedule(lo, hi, list(zip(edges[:-1], edges[1:])), groups, maps, heights, internal)
 
     rsegs, tried = [], set()
-    taken = [False] * len(groups)
     for _ in range(16):
         al = best[1]
         left = [n for n in al.spilled if n not in tried and n in by_name]
@@ -259,30 +276,29 @@ def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops,
         tgt = max(left, key=lambda n: by_name[n].save_bytes + by_name[n].reload_bytes)
         tried.add(tgt)
         b = by_name[tgt]
-        if not all(ok[j] and not taken[j] for j in range(b.start, b.end + 1)):
+        if not all(ok[j] for j in range(b.start, b.end + 1)):
             continue
         cand = None
         lo = b.start
-        while lo >= 0 and lo >= b.start - ROW_REACH and ok[lo] and not taken[lo]:
+        while lo >= 0 and lo >= b.start - ROW_REACH and ok[lo]:
             hi = b.end + 1
-            while hi <= len(groups) and hi <= b.end + 1 + ROW_REACH and ok[hi - 1] and not taken[hi - 1]:
-                for B in ROW_BANDS:
-                    sch = schedule(lo, hi, B)
-                    if sch is None:
-                        continue
-                    rs = rsegs + [(lo, hi, B, sch)]
-                    c, al2, bs = variant(best[3], rs)
-                    if c < best[0] and (cand is None or c < cand[0]):
-                        cand = (c, al2, bs, best[3], rs)
+            while hi <= len(groups) and hi <= b.end + 1 + ROW_REACH and ok[hi - 1]:
+                # a segment already chosen is either outside [lo, hi) or merged into it
+                if all(r[1] <= lo or r[0] >= hi or (lo <= r[0] and r[1] <= hi) for r in rsegs):
+                    keep = [r for r in rsegs if r[1] <= lo or r[0] >= hi]
+                    for B in ROW_BANDS:
+                        sch = schedule(lo, hi, B)
+                        if sch is None:
+                            continue
+                        rs = sorted(keep + [(lo, hi, B, sch)], key=lambda r: r[0])
+                        c, al2, bs = variant(best[3], rs)
+                        if c < best[0] and (cand is None or c < cand[0]):
+                            cand = (c, al2, bs, best[3], rs)
                 hi += 1
             lo -= 1
         if cand is not None:
             best = cand
-            rsegs = sorted(cand[4], key=lambda r: r[0])
-            best = (*best[:4], rsegs)
-            for lo_, hi_, *_ in rsegs:
-                for j in range(lo_, hi_):
-                    taken[j] = True
+            rsegs = cand[4]
     return best
 
 
@@ -409,6 +425,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         rsegs: [(lo, hi, B, BandSchedule)]: kernels [lo, hi) run in B row bands."""
         bs = []
         cap_, band_of, extra = capacity, {}, 0
+        wbufs = []
         if rsegs:
             win = {}
             for lo_, hi_, B, sch in rsegs:
@@ -416,7 +433,16 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
                 for st in sch.steps:
                     if st.inputs:
                         win[st.group] = max(win.get(st.group, 0), st.inputs[0][2] - st.inputs[0][1])
-                extra += (B - 1) * sum(wbytes[lo_:hi_]) + (len(sch.steps) - (hi_ - lo_)) * step_bytes
+                extra += (len(sch.steps) - (hi_ - lo_)) * step_bytes
+                for j in range(lo_, hi_):
+                    # a conv's weights stay in SBUF across the bands when a slot fits (else every
+                    # band reloads them: the slot's "reload" cost when it spills)
+                    wpp = _weight_pp(graph, groups[j], it) if groups[j].kind == "conv2d" else 0
+                    if wpp:
+                        wbufs.append(Buffer(f"{groups[j].name}/weights", lo_, hi_ - 1, 128, wpp, (j,), 0,
+                                            (B - 1) * wbytes[j]))
+                    else:
+                        extra += (B - 1) * wbytes[j]
             cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo)
         for b in buffers:
             if b.name in band_of:  # band buffer: its rows of the current band, live through the segment
@@ -440,7 +466,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
                     lo_, hi_ = min(lo_, s0), max(hi_, s1 - 1)
             bs.append(b if (lo_, hi_) == (b.start, b.end) else
                       Buffer(b.name, lo_, hi_, b.partitions, b.nbytes, b.uses, b.save_bytes, b.reload_bytes))
-        al = allocate(bs, cap_, size)
+        al = allocate(bs + wbufs, cap_, size)
         for lo_, hi_, B, sch in rsegs:  # halo rows that banded kernels re-read from HBM
             for (t, _), nrows in sch.reads:
                 if t not in al.slots:
@@ -504,16 +530,21 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         notes.append(f"spatial tiling: kernels {lo_}..{hi_ - 1} run in {B} row bands of "
                      f"{groups[hi_ - 1].output} ({len(sch.steps)} steps; band buffers: "
                      + (", ".join(f"{t} {r} rows" for t, r in sch.cap_rows) or "none") + ")")
-        for st in sch.steps:
+        last = {st.group: k for k, st in enumerate(sch.steps)}
+        for k, st in enumerate(sch.steps):
             g = groups[st.group]
-            steps.append(GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(
-                g.params + (("rows", st.rows), ("origin", st.origin), ("in_rows", st.inputs))))))
+            extra_p = (("rows", st.rows), ("origin", st.origin), ("in_rows", st.inputs))
+            wn = f"{g.name}/weights"
+            if wn in alloc.slots:
+                extra_p += (("weight_slot", (alloc.offset(wn), alloc.slots[wn][1], 128, last[st.group] == k)),)
+            steps.append(GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(g.params + extra_p))))
         gi = hi_
 
     placements = [t for t in base.tensors if t.placement == "alias"]
     resident = set()
+    kept_weights = sorted(n for n in alloc.slots if n not in tm)  # spatial tiling's weight slots
     for b in buffers:
-        if b.name in alloc.slots:
+        if b.name in alloc.slots and b.name in tm:
             resident.add(b.name)
             sg = seg_of(b.start, segs)
             imgs = sg[2] if sg is not None and b.end < sg[1] else int(tm[b.name].shape[0])
@@ -538,10 +569,10 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
     inter = [t for t in graph.tensors if t.kind not in ("input", "weight") and t.name not in outputs]
     info = {
         "resident": tuple(sorted(resident)),
-        "spilled": tuple(sorted(alloc.spilled.items())),
+        "spilled": tuple(sorted((n, why) for n, why in alloc.spilled.items() if n in tm)),
         "not_resident": tuple(sorted(why_not.items())),
-        "spill_save_bytes": alloc.spill_save_bytes,
-        "spill_reload_bytes": alloc.spill_reload_bytes,
+        "spill_save_bytes": sum(alloc.buffers[n].save_bytes for n in alloc.spilled if n in tm and n in alloc.buffers),
+        "spill_reload_bytes": sum(alloc.buffers[n].reload_bytes for n in alloc.spilled if n in tm and n in alloc.buffers),
         "sbuf_peak_bytes": alloc.peak,
         "sbuf_peak_kernel": alloc.peak_time,
         "fragmentation": round(alloc.fragmentation, 4),
@@ -554,9 +585,12 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
     info["batch_tiling"] = (sub_k, cut)
     info["batch_segments"] = tuple(segs)
     info["extra_weight_bytes"] = sum((N // k - 1) * sum(wbytes[lo_:hi_]) for lo_, hi_, k in segs) + \
-        sum((B - 1) * sum(wbytes[lo_:hi_]) for lo_, hi_, B, _ in rsegs)
+        sum((B - 1) * wbytes[j] for lo_, hi_, B, _ in rsegs for j in range(lo_, hi_)
+            if f"{groups[j].name}/weights" not in alloc.slots)
     info["row_segments"] = tuple((lo_, hi_, B) for lo_, hi_, B, _ in rsegs)
+    info["band_weights_kept"] = tuple(kept_weights)
     plan = PolyPlan("poly", dtype, tuple(placements), tuple(steps),
                     info=tuple(sorted(info.items())), notes=tuple(notes))
     object.__setattr__(plan, "_allocation", alloc)
+    object.__setattr__(plan, "_kernels", tuple(g.tag for g in groups))  # allocation times index these
     return plan
