@@ -224,6 +224,8 @@ def batch_views(ctx, g, n0: int, k: int) -> dict:
             continue
         N = shape[0]
         pl = ctx.plan.placement(ctx.root(nm))
+        if pl.placement == "sbuf" and pl.band_rows:
+            continue  # a band buffer of a row segment inside the sub-batch: band_views' job
         sub = pl.placement == "sbuf" and 1 <= int(getattr(pl, "images", 1) or 1) == k < N
         saved.setdefault(nm, ctx.values.get(nm))
         if sub:
@@ -299,6 +301,8 @@ def band_views(ctx, g) -> dict:
         new_org = int(g.param("origin"))
         shape = tuple(ctx.tm[out].shape)
         N, C, _, W = shape
+        if g.param("images"):  # inside a batch-tiled segment: a band buffer of the sub-batch
+            N = int(g.param("images")[1])
         if out not in bands:
             tile = ctx.em.sbuf_resident(pl.start_partition, pl.num_partitions, pl.offset, pl.nbytes, ctx.cdt, out)
             base = Value(out, (N, C, pl.band_rows, W), ctx.cdt, sbuf=tile, images=N)

@@ -194,9 +194,11 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         em.tag = g.tag
         sub = g.param("images")  # poly batch tiling: this kernel runs on images [n0, n0 + k)
         saved = batch_views(ctx, g, *sub) if sub else None
-        if g.param("rows") is not None:  # poly spatial tiling: this kernel computes a band of rows
-            saved = band_views(ctx, g)
+        # poly spatial tiling: this kernel computes a band of rows (of the sub-batch's views)
+        banded = band_views(ctx, g) if g.param("rows") is not None else None
         fn(ctx, g)
+        if banded is not None:
+            restore_views(ctx, banded)
         if saved is not None:
             restore_views(ctx, saved)
         release_dead(ctx, deaths.get(gi, ()))  # free resident buffers after their last reader

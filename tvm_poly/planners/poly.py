@@ -224,18 +224,22 @@ ROW_REACH = 8  # kernels a segment may extend past a spilled tensor's producer /
 
 
 def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers, root,
-                    outputs, cut, notes):
+                    outputs, notes, _maps={}):
     """Spatial tiling: while tensors spill, try running a segment of consecutive kernels around the
     largest spilled one in B row bands (``tvm_poly.row_bands``): its intermediates read only
     inside the segment shrink to band buffers, every kernel's weights load B times and HBM inputs
     re-read their halo rows.  Keep the (segment, B) that lowers spill + extra bytes the most."""
     from tvm_poly.row_bands import SPATIAL_KINDS, band_schedule, row_maps
 
-    try:
-        maps = row_maps(pm, graph, groups, arrays, node_ops)
-    except Exception as e:  # noqa: BLE001
-        notes.append(f"row maps from the model failed ({type(e).__name__}: {e}); no spatial tiling")
-        return best
+    key = (id(pm), tuple((g.tag, g.output, g.inputs) for g in groups))
+    if key not in _maps:  # one isl pass per (model, graph), a plan may search twice
+        try:
+            _maps.clear()
+            _maps[key] = row_maps(pm, graph, groups, arrays, node_ops)
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"row maps from the model failed ({type(e).__name__}: {e}); no spatial tiling")
+            return best
+    maps = _maps[key]
     tm = graph.tensor_map
     cands = {b.name for b in buffers}
     by_name = {b.name: b for b in buffers}
@@ -246,7 +250,8 @@ def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops,
         acts = [i for i in g.inputs if not tm[i].is_constant and tm[i].kind != "weight"]
         return g.kind in SPATIAL_KINDS and acts and all((j, i) in maps for i in acts)
 
-    ok = [j >= cut and bandable(j) for j in range(len(groups))]
+    ok = [bool(bandable(j)) for j in range(len(groups))]
+    bsegs = best[3]  # batch segments: a row segment lies inside one of them or outside all
 
     def schedule(lo, hi, B):
         inside = range(lo, hi)
@@ -284,7 +289,8 @@ def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops,
             hi = b.end + 1
             while hi <= len(groups) and hi <= b.end + 1 + ROW_REACH and ok[hi - 1]:
                 # a segment already chosen is either outside [lo, hi) or merged into it
-                if all(r[1] <= lo or r[0] >= hi or (lo <= r[0] and r[1] <= hi) for r in rsegs):
+                if all(r[1] <= lo or r[0] >= hi or (lo <= r[0] and r[1] <= hi) for r in rsegs) and \
+                        all(hi <= s0 or lo >= s1 or (s0 <= lo and hi <= s1) for s0, s1, _ in bsegs):
                     keep = [r for r in rsegs if r[1] <= lo or r[0] >= hi]
                     for B in ROW_BANDS:
                         sch = schedule(lo, hi, B)
@@ -429,31 +435,38 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         if rsegs:
             win = {}
             for lo_, hi_, B, sch in rsegs:
-                band_of.update({t: (lo_, hi_, r) for t, r in sch.cap_rows})
+                sg = seg_of(lo_, segs)
+                passes = N // sg[2] if sg is not None else 1  # a row segment inside a batch segment runs per sub-batch
+                band_of.update({t: (lo_, hi_, r, sg) for t, r in sch.cap_rows})
                 for st in sch.steps:
                     if st.inputs:
                         win[st.group] = max(win.get(st.group, 0), st.inputs[0][2] - st.inputs[0][1])
-                extra += (len(sch.steps) - (hi_ - lo_)) * step_bytes
+                extra += passes * (len(sch.steps) - (hi_ - lo_)) * step_bytes
                 for j in range(lo_, hi_):
                     # a conv's weights stay in SBUF across the bands when a slot fits (else every
                     # band reloads them: the slot's "reload" cost when it spills)
                     wpp = _weight_pp(graph, groups[j], it) if groups[j].kind == "conv2d" else 0
                     if wpp:
                         wbufs.append(Buffer(f"{groups[j].name}/weights", lo_, hi_ - 1, 128, wpp, (j,), 0,
-                                            (B - 1) * wbytes[j]))
+                                            passes * (B - 1) * wbytes[j]))
                     else:
-                        extra += (B - 1) * wbytes[j]
+                        extra += passes * (B - 1) * wbytes[j]
             cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo)
         for b in buffers:
             if b.name in band_of:  # band buffer: its rows of the current band, live through the segment
-                lo_, hi_, r = band_of[b.name]
+                lo_, hi_, r, sg = band_of[b.name]
                 H = int(tm[b.name].shape[2])
-                bs.append(Buffer(b.name, lo_, hi_ - 1, b.partitions, -(-b.nbytes * r // H), b.uses,
+                nb = b.nbytes * sg[2] // N if sg is not None else b.nbytes
+                bs.append(Buffer(b.name, lo_, hi_ - 1, b.partitions, -(-nb * r // H), b.uses,
                                  b.save_bytes, b.reload_bytes))
                 continue
             sg = seg_of(b.start, segs)
             if sg is not None and b.end < sg[1]:  # internal to the segment: k images, reused per sub-batch
-                bs.append(Buffer(b.name, b.start, b.end, b.partitions, b.nbytes * sg[2] // N, b.uses,
+                lo_, hi_ = b.start, b.end
+                for s0, s1, *_ in rsegs:  # ... and live through a row segment it touches
+                    if s0 <= hi_ and lo_ < s1:
+                        lo_, hi_ = min(lo_, s0), max(hi_, s1 - 1)
+                bs.append(Buffer(b.name, lo_, hi_, b.partitions, b.nbytes * sg[2] // N, b.uses,
                                  b.save_bytes, b.reload_bytes))
                 continue
             # whole batch: live through every sub-batch of each segment its life touches (a
@@ -470,7 +483,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         for lo_, hi_, B, sch in rsegs:  # halo rows that banded kernels re-read from HBM
             for (t, _), nrows in sch.reads:
                 if t not in al.slots:
-                    sh = tm[t].shape
+                    sh = tm[t].shape  # (per sub-batch x sub-batches = the whole batch)
                     extra += max(0, nrows - int(sh[2])) * int(sh[0]) * int(sh[1]) * int(sh[3]) * \
                         (4 if t in graph.inputs else it)
         cost = al.spill_save_bytes + al.spill_reload_bytes + extra + \
@@ -503,42 +516,59 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             break
         best = cand
         lo = best[3][-1][1]
-    cut = best[3][-1][1] if best[3] else 0
+    untiled = (*variant([]), [], [])
     if best[1].spilled and pm is not None:
         best = _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers,
-                               root, outputs, cut, notes)
+                               root, outputs, notes)
+    if best[3] and untiled[1].spilled and pm is not None:
+        # spatial tiling instead of batch tiling (whole batch per band: weights per band, not per
+        # sub-batch); the cheaper of the two wins
+        alt = _spatial_tiling(untiled, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers,
+                              root, outputs, notes)
+        if alt[0] < best[0]:
+            best = alt
+    cut = best[3][-1][1] if best[3] else 0
     _, alloc, buffers, segs, rsegs = best
     alloc.check()
     sub_k = min((k for _, _, k in segs), default=N)
-    steps = []
-    for lo_, hi_, k in segs:
-        notes.append(f"batch tiling: kernels {lo_}..{hi_ - 1} run per {k} of {N} images "
-                     f"(weights of that segment load {N // k}x)")
-        steps += [GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output,
-                            tuple(sorted(g.params + (("images", (n0, k)),))))
-                  for n0 in range(0, N, k) for g in groups[lo_:hi_]]
     rs_at = {r[0]: r for r in rsegs}
     band_rows = {}
-    gi = cut
-    while gi < len(groups):
-        if gi not in rs_at:
-            steps.append(groups[gi])
-            gi += 1
-            continue
-        lo_, hi_, B, sch = rs_at[gi]
+    for lo_, hi_, B, sch in rsegs:
         band_rows.update(dict(sch.cap_rows))
         notes.append(f"spatial tiling: kernels {lo_}..{hi_ - 1} run in {B} row bands of "
                      f"{groups[hi_ - 1].output} ({len(sch.steps)} steps; band buffers: "
                      + (", ".join(f"{t} {r} rows" for t, r in sch.cap_rows) or "none") + ")")
-        last = {st.group: k for k, st in enumerate(sch.steps)}
-        for k, st in enumerate(sch.steps):
-            g = groups[st.group]
-            extra_p = (("rows", st.rows), ("origin", st.origin), ("in_rows", st.inputs))
-            wn = f"{g.name}/weights"
-            if wn in alloc.slots:
-                extra_p += (("weight_slot", (alloc.offset(wn), alloc.slots[wn][1], 128, last[st.group] == k)),)
-            steps.append(GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(g.params + extra_p))))
-        gi = hi_
+
+    def emit(lo_, hi_, img=None):
+        """Plan steps of kernels [lo_, hi_) (``img``: the sub-batch (n0, k) they run on)."""
+        out, gi = [], lo_
+        sub = (("images", img),) if img else ()
+        while gi < hi_:
+            if gi not in rs_at:
+                g = groups[gi]
+                out.append(g if img is None else GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output,
+                                                           tuple(sorted(g.params + sub))))
+                gi += 1
+                continue
+            _, rhi, B, sch = rs_at[gi]
+            last = {st.group: k for k, st in enumerate(sch.steps)}
+            for k, st in enumerate(sch.steps):
+                g = groups[st.group]
+                extra_p = (("rows", st.rows), ("origin", st.origin), ("in_rows", st.inputs)) + sub
+                wn = f"{g.name}/weights"
+                if wn in alloc.slots:  # (freed after the segment's last band of each sub-batch)
+                    extra_p += (("weight_slot", (alloc.offset(wn), alloc.slots[wn][1], 128, last[st.group] == k)),)
+                out.append(GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(g.params + extra_p))))
+            gi = rhi
+        return out
+
+    steps = []
+    for lo_, hi_, k in segs:
+        notes.append(f"batch tiling: kernels {lo_}..{hi_ - 1} run per {k} of {N} images "
+                     f"(weights of that segment load {N // k}x)")
+        for n0 in range(0, N, k):
+            steps += emit(lo_, hi_, (n0, k))
+    steps += emit(cut, len(groups))
 
     placements = [t for t in base.tensors if t.placement == "alias"]
     resident = set()
