@@ -126,7 +126,11 @@ def _scratch_need(graph, g, it, size, in_rows=None) -> int:
         pad = tuple(node.attr("padding", (0, 0, 0, 0)))
         packed = groups == 1 and C < 16 and R * S > 1
         padb = CT * (H + 2 * max(pad or (0,))) * (W + 2 * max(pad or (0,))) * it if any(pad) and not packed else 0
-        need = 3 * w + padb + (32768 if packed else 16384)
+        # the conv keeps its weights once when they take <= 1/3 of the free range, or when they
+        # and two one-row bands fit in 80% of it (target/codegen/conv.py): the smaller need
+        OW = (W + 2 * max(pad or (0,)) - S) // int(tuple(node.attr("strides", (1, 1)))[1]) + 1
+        row_band = CT * R * W * it + (CT * R * (W + 2 * max(pad or (0,))) * it if any(pad) else 0) + KT * OW * it
+        need = min(3 * w, int(1.25 * (w + 2 * row_band)) + 4096) + padb + (32768 if packed else 16384)
         if groups == 1 and C < 16 and R * S > 1 and N == 1 and H * W * it <= 0.6 * size:
             need += H * W * it  # the packed stem stages its input once (conv2d "load once")
     elif g.kind == "elementwise":
