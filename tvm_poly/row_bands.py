@@ -153,14 +153,9 @@ def band_schedule(lo: int, hi: int, bands, groups, maps: dict, heights: dict, in
     tensors produced in the segment and read only inside it (band buffers).  Every other output of
     the segment is complete after the last band.  Returns None when a kernel cannot be banded."""
     idx = range(lo, hi)
-    consumers = {j: [] for j in idx}  # j -> [(c, tensor)] consumers inside the segment
     out_of = {groups[j].output: j for j in idx}
-    for c in idx:
-        for t in dict.fromkeys(groups[c].inputs):
-            if (c, t) in maps and t in out_of:
-                consumers[out_of[t]].append(c)
-        if any((c, t) not in maps for t in groups[c].inputs if t in out_of):
-            return None
+    if any((c, t) not in maps for c in idx for t in groups[c].inputs if t in out_of):
+        return None  # a kernel reads a segment tensor without a row map
     done = {j: 0 for j in idx}  # rows computed so far
     origin = {j: 0 for j in idx}
     cap = {groups[j].output: 0 for j in idx if groups[j].output in internal}
@@ -199,7 +194,6 @@ def band_schedule(lo: int, hi: int, bands, groups, maps: dict, heights: dict, in
                 org = min(lo_need.get(j, r0), r0)
                 if org < origin[j]:  # a consumer needs rows already dropped (e.g. a global pool)
                     return None
-                r0 = max(r0, org)
                 origin[j] = org
                 cap[t] = max(cap[t], r1 - org)
             ins = []

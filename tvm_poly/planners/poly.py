@@ -227,23 +227,28 @@ ROW_BANDS = (2, 4, 8, 16)  # band counts tried per segment
 ROW_REACH = 8  # kernels a segment may extend past a spilled tensor's producer / last reader
 
 
+_ROW_MAPS: dict = {}  # (model, kernels) -> row maps of the last plan (a plan may search twice)
+
+
 def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers, root,
-                    outputs, notes, _maps={}):
+                    outputs, notes):
     """Spatial tiling: while tensors spill, try running a segment of consecutive kernels around the
     largest spilled one in B row bands (``tvm_poly.row_bands``): its intermediates read only
     inside the segment shrink to band buffers, every kernel's weights load B times and HBM inputs
     re-read their halo rows.  Keep the (segment, B) that lowers spill + extra bytes the most."""
     from tvm_poly.row_bands import SPATIAL_KINDS, band_schedule, row_maps
 
-    key = (id(pm), tuple((g.tag, g.output, g.inputs) for g in groups))
-    if key not in _maps:  # one isl pass per (model, graph), a plan may search twice
+    tm = graph.tensor_map
+    key = (id(pm), tuple((g.tag, g.output, g.inputs, tuple(tm[g.output].shape)) for g in groups))
+    if key not in _ROW_MAPS:
         try:
-            _maps.clear()
-            _maps[key] = row_maps(pm, graph, groups, arrays, node_ops)
+            maps = row_maps(pm, graph, groups, arrays, node_ops)
         except Exception as e:  # noqa: BLE001
             notes.append(f"row maps from the model failed ({type(e).__name__}: {e}); no spatial tiling")
             return best
-    maps = _maps[key]
+        _ROW_MAPS.clear()
+        _ROW_MAPS[key] = maps
+    maps = _ROW_MAPS[key]
     tm = graph.tensor_map
     cands = {b.name for b in buffers}
     by_name = {b.name: b for b in buffers}
