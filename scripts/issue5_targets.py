@@ -4,7 +4,8 @@
     python scripts/issue5_targets.py [results/bench_planners.md] [--extract inf1:bfloat16:1]
 
 Prints, per target config: the cells where activations dominate (per-op > 1.5x the compulsory
-floor), how many of them ``poly`` moves >= 2x fewer HBM bytes than ``per-op`` in, and the misses;
+floor), how many of them ``poly`` moves >= 2x fewer HBM bytes than ``per-op`` in, and the misses
+(marked unreachable where per-op is within 2x of the floor);
 then ResNet-50 b1 bf16 inf2 (bytes / floor, latency / bound); with ``--extract`` an extract table
 (model, per-op MB, poly MB, floor MB, per-op/poly, poly us, bound us, poly/bound) for one
 target:dtype:batch.
@@ -42,8 +43,10 @@ def main(argv=None) -> int:
               f"with per-op > 1.5x floor")
         for r in dom:
             if r not in met:
+                # per-op < 2x floor: even a plan at the floor cannot move 2x fewer bytes
+                why = " (unreachable: per-op < 2x floor)" if float(r["per-op/floor"]) < 2.0 else ""
                 print(f"    miss: {r['model']} b{r['batch']} {r['dtype']}: per-op/poly {r['per-op/poly']} "
-                      f"(per-op {r['per-op HBM MB']} MB, poly {r['poly HBM MB']} MB, floor {r['floor MB']} MB)")
+                      f"(per-op {r['per-op HBM MB']} MB, poly {r['poly HBM MB']} MB, floor {r['floor MB']} MB){why}")
     for r in rows:
         if (r["model"], r["batch"], r["target"], r["dtype"]) == ("resnet50", "1", "inf2", "bfloat16"):
             print(f"resnet50 b1 inf2 bf16: poly {r['poly HBM MB']} MB = {r['poly/floor']}x floor; "
