@@ -212,3 +212,21 @@ def test_batch_tiled_buffers_crossing_a_segment_survive_all_its_sub_batches():
             crosses = b.start < s0 <= b.end or b.start <= s1 - 1 < b.end
             if crosses:
                 assert b.start <= s0 and b.end >= s1 - 1, b
+
+
+def test_model_names_reach_every_tensor_and_node():
+    """The planner's isl queries (liveness, footprints, row maps) look graph names up in the model
+    of the graph's Relax form, whose bindings are named ``tvmpoly_<tensor>``: every activation and
+    every node must be found there (session 3 found the lookups had silently missed since
+    session 1, falling back to the graph view)."""
+    from tvm_poly.planners.poly import _model_of, model_names
+
+    g, _, _ = _conv_chain_graph()
+    pm = _model_of(g, [])
+    arrays, node_ops = model_names(g, pm)
+    for t in g.tensors:
+        if not t.is_constant:
+            assert t.name in arrays, t.name
+    for n in g.nodes:
+        assert node_ops[n.name], n.name
+    assert all(arrays[t] in pm.arrays for t in arrays)
