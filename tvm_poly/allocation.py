@@ -192,7 +192,7 @@ def resident_deaths(plan, root=lambda n: n) -> dict:
 def release_dead(ctx, names):
     """Free the SBUF ranges of resident tensors after their last reader (a sub-batch buffer is
     reserved again by the next sub-batch's producer)."""
-    bands = getattr(ctx, "bands", {})
+    bands = ctx.bands
     for nm in names:
         if nm in bands:  # a band buffer (spatial tiling)
             ctx.em.free(bands.pop(nm)[0].sbuf)
@@ -281,7 +281,7 @@ def band_views(ctx, g) -> dict:
     from target.codegen.emitter import CodegenError
     from target.codegen.values import Value
 
-    bands = ctx.__dict__.setdefault("bands", {})
+    bands = ctx.bands
     r0, r1 = g.param("rows")
     saved = {}
     for nm, i0, i1 in g.param("in_rows", ()):

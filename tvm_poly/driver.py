@@ -75,6 +75,10 @@ class LowerCtx:
         self.inputs, self.outputs, self.runtime_weights = [], [], []
         self._alias = {t.name: t.alias_of for t in plan.tensors if t.placement == "alias"}
         self._const_values: dict[str, Value] = {}
+        # spatial tiling (poly row bands): band buffers (allocation.band_views) and the weight
+        # slots that keep a banded conv's weights across its bands (lowerings.lower_conv2d)
+        self.bands: dict = {}
+        self.weight_slots: dict = {}
 
     def root(self, name):
         seen = set()

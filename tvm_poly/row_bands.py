@@ -23,7 +23,6 @@ SPATIAL_KINDS = {"conv2d", "pool", "elementwise", "batch_norm", "concat"}
 @dataclass(frozen=True)
 class RowMap:
     """Input rows ``[lo[o], hi[o])`` that output row ``o`` reads (exact, from isl)."""
-    tensor: str
     lo: tuple
     hi: tuple
 
@@ -93,13 +92,15 @@ def row_map(pm, stmts, out: str, inp: str, out_rows: int):
     m.wrap().foreach_point(point)
     if any(x is None for x in lo):
         return None  # an output row that reads nothing of the input: not a row-local kernel
-    return RowMap(inp, tuple(lo), tuple(hi))  # (model array name; row_maps keys by graph name)
+    return RowMap(tuple(lo), tuple(hi))
 
 
 def row_maps(pm, graph, groups, arrays: dict, node_ops: dict) -> dict:
     """{(group index, input tensor): RowMap} for the spatial kernels whose output and activation
     inputs are 4-D NCHW tensors with the same batch; kernels missing here cannot be banded.
     ``arrays`` / ``node_ops``: graph names -> model names (``planners.poly.model_names``)."""
+    from tvm_poly.planners.poly import group_statements
+
     tm = graph.tensor_map
     out = {}
     for gi, g in enumerate(groups):
@@ -107,8 +108,7 @@ def row_maps(pm, graph, groups, arrays: dict, node_ops: dict) -> dict:
             continue
         if g.kind == "concat" and int(g.param("axis", 1)) not in (1, -3):
             continue
-        names = set().union(*(node_ops.get(o, {o}) for o in g.ops))
-        stmts = [s for s in pm.statements if s.op in names]
+        stmts = group_statements(pm, g, node_ops)
         acts = [i for i in dict.fromkeys(g.inputs) if not tm[i].is_constant and tm[i].kind != "weight"]
         if not stmts or not acts:
             continue

@@ -499,9 +499,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         return wtiles[gi].ap((nk,), (1,), blk_off[key], partitions=np_)
 
     def load_weights(gi):
-        if kept is not None:
-            if kept[1]:
-                return kept[0]  # loaded by an earlier call: nothing to move
+        if kept is not None and kept[1]:
+            return kept[0]  # loaded by an earlier call: nothing to move
         t = wpool.next() if kept is None else kept[0]
         a = wconsts[gi]
         em.dma_split(t.ap((a.shape[1],), partitions=a.shape[0]),

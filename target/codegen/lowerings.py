@@ -100,16 +100,15 @@ def lower_conv2d(ctx, g):
     slot = None
     if g.param("weight_slot"):  # spatial tiling: the weights stay in a planner-placed slot across bands
         off, nb, parts, last = g.param("weight_slot")
-        slots = ctx.__dict__.setdefault("weight_slots", {})
-        if g.name not in slots:
-            slots[g.name] = (ctx.em.sbuf_resident(0, parts, off, nb, ctx.cdt, f"{g.name}/weights"), {})
-        slot = slots[g.name]
+        if g.name not in ctx.weight_slots:
+            ctx.weight_slots[g.name] = (ctx.em.sbuf_resident(0, parts, off, nb, ctx.cdt, f"{g.name}/weights"), {})
+        slot = ctx.weight_slots[g.name]
     conv2d(ctx.em, x, out, np.asarray(winfo.value, np.float32), stride, pad, int(node.attr("groups", 1)),
            ctx.const, scale=scale, bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt, residual=res,
            prefetch=bool(g.param("prefetch")), weight_slot=slot,
            pinned=(lambda arr: ctx.const_block.put(g.name, arr)) if getattr(ctx, "const_block", None) else None)
     if slot is not None and last:
-        ctx.em.free(ctx.__dict__["weight_slots"].pop(g.name)[0])
+        ctx.em.free(ctx.weight_slots.pop(g.name)[0])
 
 
 @register_lowering("matmul")

@@ -124,12 +124,13 @@ def _scratch_need(graph, g, it, size, in_rows=None) -> int:
         blocks = CT * KT if groups == 1 else max(CT, KT)
         w = blocks * R * S * Mk * it
         pad = tuple(node.attr("padding", (0, 0, 0, 0)))
+        p2 = 2 * max(pad or (0,))  # both borders, at the widest padding
         packed = groups == 1 and C < 16 and R * S > 1
-        padb = CT * (H + 2 * max(pad or (0,))) * (W + 2 * max(pad or (0,))) * it if any(pad) and not packed else 0
+        padb = CT * (H + p2) * (W + p2) * it if any(pad) and not packed else 0
         # the conv keeps its weights once when they take <= 1/3 of the free range, or when they
         # and two one-row bands fit in 80% of it (target/codegen/conv.py): the smaller need
-        OW = (W + 2 * max(pad or (0,)) - S) // int(tuple(node.attr("strides", (1, 1)))[1]) + 1
-        row_band = CT * R * W * it + (CT * R * (W + 2 * max(pad or (0,))) * it if any(pad) else 0) + KT * OW * it
+        OW = (W + p2 - S) // int(tuple(node.attr("strides", (1, 1)))[1]) + 1
+        row_band = CT * R * W * it + (CT * R * (W + p2) * it if any(pad) else 0) + KT * OW * it
         need = min(3 * w, int(1.25 * (w + 2 * row_band)) + 4096) + padb + (32768 if packed else 16384)
         if groups == 1 and C < 16 and R * S > 1 and N == 1 and H * W * it <= 0.6 * size:
             need += H * W * it  # the packed stem stages its input once (conv2d "load once")
@@ -216,11 +217,10 @@ def model_names(graph, pm):
     return arrays, node_ops
 
 
-def _group_statements(pm, g, node_ops=None):
-    names = set(g.ops)
-    if node_ops is not None:
-        names = set().union(*(node_ops.get(o, set()) for o in g.ops)) | names
-    return [s.domain for s in pm.statements if s.op in names]
+def group_statements(pm, g, node_ops: dict) -> list:
+    """The model statements of kernel ``g`` (its nodes' ops, through ``model_names``'s node_ops)."""
+    names = set().union(*(node_ops.get(o, {o}) for o in g.ops))
+    return [s for s in pm.statements if s.op in names]
 
 
 ROW_BANDS = (2, 4, 8, 16)  # band counts tried per segment
@@ -249,7 +249,6 @@ def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops,
         _ROW_MAPS.clear()
         _ROW_MAPS[key] = maps
     maps = _ROW_MAPS[key]
-    tm = graph.tensor_map
     cands = {b.name for b in buffers}
     by_name = {b.name: b for b in buffers}
     out_of = {g.output: j for j, g in enumerate(groups)}
@@ -409,7 +408,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             if pm is not None and b.name in arrays:
                 try:
                     from tvm_poly.queries import footprint
-                    doms = _group_statements(pm, groups[u], node_ops)
+                    doms = [st.domain for st in group_statements(pm, groups[u], node_ops)]
                     if doms:
                         fp = footprint(pm, doms, arrays[b.name], "read", elem_bytes=it).bytes
                 except Exception:  # noqa: BLE001
@@ -417,7 +416,10 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             reload += fp if fp is not None else b.save_bytes
         return Buffer(b.name, b.start, b.end, b.partitions, b.nbytes, b.uses, b.save_bytes, reload)
 
-    capacity = _capacity(graph, groups, it, size)
+    from target.codegen.const_block import block_bytes
+    pinned = block_bytes(groups, tm)  # the program's constant block sits at the bottom of SBUF
+    scratch_memo: dict = {}
+    capacity = _capacity(graph, groups, it, size, None, pinned, scratch_memo)
     # ---- batch tiling: kernels [0, s) run per sub-batch of k images (their intermediates hold
     # k images and are reused by the next sub-batch; their weights load N/k times), kernels
     # [s, m) over the whole batch.  (k, s) minimises spill + extra weight traffic.
@@ -435,6 +437,11 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
                 return sg
         return None
 
+    def passes_of(lo_, segs):
+        """Runs of a row segment starting at kernel lo_: once per sub-batch inside a batch segment."""
+        sg = seg_of(lo_, segs)
+        return N // sg[2] if sg is not None else 1
+
     def variant(segs, rsegs=()):
         """segs: [(lo, hi, k)]: kernels [lo, hi) run per sub-batch of k images, in order;
         rsegs: [(lo, hi, B, BandSchedule)]: kernels [lo, hi) run in B row bands."""
@@ -445,7 +452,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             win = {}
             for lo_, hi_, B, sch in rsegs:
                 sg = seg_of(lo_, segs)
-                passes = N // sg[2] if sg is not None else 1  # a row segment inside a batch segment runs per sub-batch
+                passes = passes_of(lo_, segs)
                 band_of.update({t: (lo_, hi_, r, sg) for t, r in sch.cap_rows})
                 for st in sch.steps:
                     if st.inputs:
@@ -499,9 +506,6 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             sum((N // k - 1) * sum(wbytes[lo:hi]) for lo, hi, k in segs)
         return cost, al, bs
 
-    from target.codegen.const_block import block_bytes
-    pinned = block_bytes(groups, tm)
-    scratch_memo: dict = {}
     # a kernel call's fixed cost in bytes: one DMA latency at the aggregate bandwidth (a band step
     # waits for its weights and inputs before it computes, and its consumer for its output)
     step_bytes = int(float(getattr(config, "dma_latency_us", 2.0)) * 1e3 * int(getattr(config, "dma_queues", 4)) *
@@ -510,6 +514,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
     if best[1].spilled:  # spills are chosen by reload cost: make it exact (isl footprints)
         buffers = [exact_reload(b) for b in buffers]
         best = (*variant([]), [], [])
+    untiled = best  # no batch and no spatial tiling
     # greedy: add segments left to right while the total (spill + extra weight bytes) drops
     lo = 0
     divisors = [d for d in range(1, N) if N % d == 0]
@@ -525,7 +530,6 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             break
         best = cand
         lo = best[3][-1][1]
-    untiled = (*variant([]), [], [])
     if best[1].spilled and pm is not None:
         best = _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers,
                                root, outputs, notes)
@@ -624,8 +628,8 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
     info["batch_tiling"] = (sub_k, cut)
     info["batch_segments"] = tuple(segs)
     info["extra_weight_bytes"] = sum((N // k - 1) * sum(wbytes[lo_:hi_]) for lo_, hi_, k in segs) + \
-        sum((B - 1) * wbytes[j] for lo_, hi_, B, _ in rsegs for j in range(lo_, hi_)
-            if f"{groups[j].name}/weights" not in alloc.slots)
+        sum(passes_of(lo_, segs) * (B - 1) * wbytes[j] for lo_, hi_, B, _ in rsegs
+            for j in range(lo_, hi_) if f"{groups[j].name}/weights" not in alloc.slots)
     info["row_segments"] = tuple((lo_, hi_, B) for lo_, hi_, B, _ in rsegs)
     info["band_weights_kept"] = tuple(kept_weights)
     plan = PolyPlan("poly", dtype, tuple(placements), tuple(steps),
