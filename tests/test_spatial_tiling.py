@@ -187,3 +187,39 @@ def test_row_bands_inside_batch_tiling():
     assert all(t.images == k for t in plan.tensors if t.band_rows)
     out, _ = cp.run({x: xv})
     assert np.linalg.norm(out[g.outputs[0]] - ref) <= 1e-5 * np.linalg.norm(ref)
+
+
+def _corrupt_step(plan, pick, **params):
+    """A copy of ``plan`` whose first band step for which ``pick(step)`` holds has ``params``."""
+    import dataclasses as dc
+    from tvm_poly.plan import GroupPlan
+    groups = list(plan.groups)
+    i = next(k for k, gp in enumerate(groups) if gp.param("rows") and pick(gp))
+    gp = groups[i]
+    groups[i] = GroupPlan(gp.name, gp.kind, gp.ops, gp.inputs, gp.output,
+                          tuple(sorted({**dict(gp.params), **params}.items())))
+    return dc.replace(plan, groups=tuple(groups))
+
+
+def test_inconsistent_band_steps_are_refused_with_a_clear_error():
+    """A plan whose band step disagrees with the operator (a conv window that is not the clipped
+    closed form) or with its band buffer (rows already dropped) is refused by the codegen with a
+    message naming the kernel and the rows, never compiled into wrong numbers."""
+    from target.codegen.emitter import CodegenError
+    from tvm_poly.planners.poly import plan_poly
+
+    g, _, _ = _chain(H=40)
+    cfg = _small_sbuf(24)
+    plan = plan_poly(g, cfg, "float32")
+    step = next(gp for gp in plan.groups if gp.kind == "conv2d" and gp.param("rows") and gp.param("rows")[0] > 0)
+    conv = _corrupt_step(plan, lambda gp: gp is step,
+                         in_rows=tuple((t, a + 1, b) for t, a, b in step.param("in_rows")))
+    with pytest.raises(CodegenError, match="the plan's window is"):
+        compile_graph(g, cfg, planner="poly", dtype="float32", plan=conv)
+    band = {t.name for t in plan.tensors if t.band_rows}
+    late = next(gp for gp in plan.groups if gp.param("rows") and gp.param("rows")[0] > 0
+                and any(t in band for t, _, _ in gp.param("in_rows")))
+    bad = tuple((t, 0, b) if t in band else (t, a, b) for t, a, b in late.param("in_rows"))
+    stale = _corrupt_step(plan, lambda gp: gp is late, in_rows=bad)
+    with pytest.raises(CodegenError, match="not in its band buffer"):
+        compile_graph(g, cfg, planner="poly", dtype="float32", plan=stale)
