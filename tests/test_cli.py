@@ -200,9 +200,10 @@ def test_console_script_default_resnet50(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "light_resnet50" in res.stdout and "Traceback" not in res.stderr
     r = json.loads(rep.read_text())
-    # PE work: the model's 4.09 G MACs (+ padded taps) plus the residual adds accumulated into
-    # PSUM by identity matmuls (K = 128 per output element of the 16 shortcut adds: 0.71 G)
-    assert r["host_ops"] == [] and 4.7e9 < r["macs"] < 4.9e9
+    # PE work: the model's 4.09 G MACs plus the residual adds accumulated into PSUM by identity
+    # matmuls (K = 128 per output element of the 16 shortcut adds: 0.71 G), less the zero-padding
+    # taps that convs reading SBUF-resident inputs skip (clipped taps: ~0.13 G)
+    assert r["host_ops"] == [] and 4.6e9 < r["macs"] < 4.85e9
     assert r["outputs"] == {"gpu_0/softmax_1": {"shape": [1, 1000], "dtype": "float32"}}
 
 

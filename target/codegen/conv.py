@@ -158,6 +158,14 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         stage_image(0)
     km = ChanMap(K, P)
     res_in, res_out = x.sbuf is not None, out.sbuf is not None  # SBUF-resident operands
+    # clipped taps: a resident input is read in place even with padding.  Tap (r, s) only
+    # contributes to the output pixels whose input pixel exists, so its matmul covers that
+    # sub-rectangle of the PSUM block; a tap valid for every output pixel opens the group.
+    # No zeroed padded copy (a GpSimd pass the Tensor engine waited for, and its SBUF).
+    full_r = [r for r in range(R) if r >= pt and (OH - 1) * sh + r - pt <= H - 1]
+    full_s = [q for q in range(S) if q >= pl and (OW - 1) * sw + q - pl <= W - 1]
+    clip = res_in and any(pad) and not packed and bool(full_r) and bool(full_s)
+    full_tap = (full_r[0], full_s[0]) if clip else None
     Mk = km.parts
     kidx = km.index()  # [KT, Mk]
     KT = km.T
@@ -247,7 +255,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         budget = em.sbuf.largest_free() // 3
         # weights once unless even one-output-row bands (double-buffered) would not fit next to
         # them: streaming K groups reloads every weight once per band (x bands HBM bytes)
-        row_band = (0 if res_in else CT * R * W * it) + (CT * R * (W + pl + pr) * it if any(pad) else 0) + \
+        row_band = (0 if res_in else CT * R * W * it) + (CT * R * (W + pl + pr) * it if any(pad) and not clip else 0) + \
             (0 if res_out else KT * OW * it)
         if wbytes_all <= budget or wbytes_all + 2 * row_band <= 0.8 * em.sbuf.largest_free():
             kgroups = [list(range(KT))]
@@ -316,7 +324,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             return len(chunks) * bo * Wrow * it + (0 if res_out else KT * bo * OW * it)
         rows_p = in_rows(bo)
         b = 0 if res_in else CT * rows_p * W * it
-        if any(pad):
+        if any(pad) and not clip:
             b += CT * rows_p * Wp * it
         return b + (0 if res_out else KT * bo * OW * it) + (KT * bo * OW * it if res_hbm else 0)
 
@@ -358,7 +366,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         pad_pool = None
     else:
         in_pool = None if res_in else em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * W * it, cdt, nb, "conv_in")
-        pad_pool = em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * Wp * it, cdt, nb, "conv_pad") if any(pad) else None
+        pad_pool = em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * Wp * it, cdt, nb, "conv_pad") if any(pad) and not clip else None
     out_pool = None if res_out else em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_out")
     res_pool = em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_res") if res_hbm else None
     psum_pool = em.pool("psum", Mk, None, "fp32", min(4, em.psum_banks), "conv_ps")
@@ -458,10 +466,13 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                 for i in range(tpack):  # tap packing: one copy of the input per partition block
                     em.dma_split(st.ap((nvalid * W,), elem_offset=j * plane_s, partitions=nc, start=i * nc),
                                  x.chan_ap(n, j * P, nc, ih0 * W, (nvalid * W,), (1,)))
+        cshift = 0
         if pad_pool is None:
             base, row = st, W
             pofs = poffs
             roff = r0p - ih0  # 0 without padding
+            if clip:  # unpadded coordinates: input row = t*sh + r - pt (+ band start)
+                roff, cshift = roff - pt, -pl
         else:
             pt_ = pad_pool.next()
             plane = in_rows(bo) * Wp
@@ -487,7 +498,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             else:
                 r, s = divmod(t, S)
                 npart = cm.nparts(j)
-            off = pofs[j] + (t0 * sh + r + roff) * row + ow0 * sw + s
+            off = pofs[j] + (t0 * sh + r + roff) * row + ow0 * sw + s + cshift
             if nr == 1:
                 return base.ap((nw,), (sw,), off, partitions=npart)
             return base.ap((nr, nw), (sh * row, sw), off, partitions=npart)
@@ -568,9 +579,11 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             for (t0, nr, ow0, nw) in pix_blocks(nbo):
                 ps = psum_pool.next()
                 dst = ps.ap((nr * nw,), partitions=nk)
-                for bi2, blk in enumerate(blks):
-                    em.matmul(dst, stat(gi, blk, jk, nk), mov(blk, t0, nr, ow0, nw),
-                              start=bi2 == 0, stop=bi2 == len(blks) - 1 and residual is None)
+                mms = [(blk, dst, t0, nr, ow0, nw) for blk in blks] if not clip else \
+                    _clipped(blks, ps, nk, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl, H, W)
+                for bi2, (blk, d_ap, a0, na, b0, nb_) in enumerate(mms):
+                    em.matmul(d_ap, stat(gi, blk, jk, nk), mov(blk, a0, na, b0, nb_),
+                              start=bi2 == 0, stop=bi2 == len(mms) - 1 and residual is None)
                 o_off = jk * bo * OW + t0 * OW + ow0  # in a band tile laid out like the output band
                 pix = (oh0 + t0) * OW + ow0
                 if residual is not None:  # PSUM += I @ shortcut
@@ -611,6 +624,40 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         em.free(cols)
     if stage is not None:
         em.free(stage)
+
+
+def _clipped(blks, ps, nk, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl, H, W):
+    """Matmuls of one PSUM block [nr rows x nw columns] with clipped taps: for each contraction
+    block (input tile j, tap t = r*S + s) the sub-rectangle of output pixels whose input pixel
+    (row (oh0+t')*sh + r - pt, column ow*sw + s - pl) lies inside the H x W input; taps that
+    reach no pixel are dropped.  A block of the tap valid everywhere comes first (it opens the
+    accumulation group over the whole block)."""
+    out = []
+    first = None
+    for blk in blks:
+        j, t = blk
+        r, q = divmod(t, S)
+        lo_t = max(t0, -(-(pt - r - oh0 * sh) // sh))
+        hi_t = min(t0 + nr, (H - 1 + pt - r - oh0 * sh) // sh + 1)
+        lo_w = max(ow0, -(-(pl - q) // sw))
+        hi_w = min(ow0 + nw, (W - 1 + pl - q) // sw + 1)
+        if hi_t <= lo_t or hi_w <= lo_w:
+            continue
+        na, nb = hi_t - lo_t, hi_w - lo_w
+        if (na, nb) == (nr, nw):
+            d_ap = ps.ap((nr * nw,), partitions=nk)
+        elif na == 1:
+            d_ap = ps.ap((nb,), (1,), (lo_t - t0) * nw + (lo_w - ow0), partitions=nk)
+        else:
+            d_ap = ps.ap((na, nb), (nw, 1), (lo_t - t0) * nw + (lo_w - ow0), partitions=nk)
+        item = (blk, d_ap, lo_t, na, lo_w, nb)
+        if first is None and (r, q) == full_tap:
+            first = item
+        else:
+            out.append(item)
+    if first is None:
+        raise CodegenError("conv2d clipped taps: no contraction block covers the whole PSUM block")
+    return [first] + out
 
 
 def _rel(tile, ap) -> int:

@@ -1,10 +1,12 @@
 """matmul / dense / Gemm on the Tensor engine: out[M, N] = A[M, Kd] @ B[Kd, N] (+ bias[N]) (relu).
 
-* Contraction Kd on partitions with the *blocked* mapping k = p*KT + j (KT = Kd/128 planes) when
-  Kd is a multiple of 128, so B (natural row-major [Kd, N]) loads as ONE DMA with KT*N
-  contiguous elements per partition (no compile-time re-layout needed), else cyclic tiles.
-* stationary = A^T plane j [k, m<=128]: by a strided DMA when M is small (<= 16 rows), else
-  loaded row-major (long runs) and transposed on the Tensor engine (Transpose -> PSUM -> copy).
+* Contraction Kd on partitions with the conv's *blocked* mapping k = p*KT + j (``ChanMap``: KT =
+  Kd/128 planes, or fewer partitions when that divides, 544 = 68 x 8), so B (natural row-major
+  [Kd, N]) loads as ONE DMA with KT*N contiguous elements per partition (no compile-time
+  re-layout needed), else cyclic tiles.
+* stationary = A^T plane j [k, m<=128]: an SBUF-resident single row of A (a global pool's output)
+  is used in place (its row-split layout is exactly A^T); else by a strided DMA when M is small
+  (<= 16 rows), else loaded row-major (long runs) and transposed on the Tensor engine.
 * moving = B plane j [k, n<=512]; all KT planes accumulate into one PSUM bank.
 * Epilogue: bias along the free axis is a Vector add reading PSUM against a bias tile
   replicated over the M partitions (one DMA with partition stride 0); ReLU on the Scalar engine
@@ -39,9 +41,9 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
         raise CodegenError(f"matmul shapes {a.shape} @ {b.shape} -> {out.shape}")
     P = em.partitions
     it = isa.DTYPES[cdt]
-    blocked = Kd > P and Kd % P == 0
-    KT = Kd // P if blocked else -(-Kd // P)
-    parts = P if Kd >= P else Kd
+    from .conv import ChanMap
+    km = ChanMap(Kd, P)  # the conv's channel mapping (also over fewer partitions: 544 = 68 x 8)
+    blocked, KT, parts = km.blocked, km.T, km.parts
 
     def kparts(j):
         return parts if blocked or KT == 1 else min(P, Kd - j * P)
@@ -57,7 +59,7 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
         raise CodegenError(f"matmul: B [{Kd}, {N}] chunk does not fit SBUF")
     nchunks = -(-N // NC)
     em.note(k_tiles=KT, k_blocked=blocked, n_chunk=NC, n_chunks=nchunks, m_tiles=-(-M // P),
-            a_transpose=("dma" if M <= SMALL_M else "tensor"))
+            a_transpose=("resident" if a.sbuf is not None and M == 1 else "dma" if M <= SMALL_M else "tensor"))
     bpool = em.pool("sbuf", parts, KT * NC * it, cdt, 2 if nchunks > 1 else 1, "mm_b")
     chunked = None
     if nchunks > 1 and b_value is not None and const is not None:
@@ -92,8 +94,15 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
     MT = -(-M // P)
     at_tiles = []
     small = M <= SMALL_M
+    # an SBUF-resident A row (M = 1, e.g. a global pool's output feeding the classifier) already
+    # is A^T in the row-split layout: channel p*KT + j on partition p at element j = [j][m]
+    in_place = a.sbuf is not None and a.base is None and M == 1 and a.images == 1 and \
+        (blocked or KT == 1) and a.sbuf.partitions == parts and a.dtype == cdt
     for mt in range(MT):
         m0, nm = mt * P, min(P, M - mt * P)
+        if in_place:
+            at_tiles.append((m0, nm, a.sbuf))
+            continue
         at = em.sbuf_tile(parts, KT * nm * it, cdt, "mm_at")  # layout [j][m]
         if small:
             # A^T directly: partition p <- A[m, p*KT + j] (blocked) / A[m, j*P + p] (cyclic)
@@ -168,6 +177,7 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
     ppool.release()
     bpool.release()
     for _, _, at in at_tiles:
-        em.free(at)
+        if not in_place:
+            em.free(at)
     if brep is not None:
         em.free(brep)

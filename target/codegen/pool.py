@@ -4,8 +4,8 @@ Channels on partitions with the conv's blocked mapping (C a multiple of 128: cha
 p*CT + j on partition p -> the whole input is one DMA with CT*H*W contiguous elements per
 partition).  Global pooling is one TensorReduce over the free axis.  Windowed pooling is
 separable: a column pass (S taps over a strided AP covering every plane at once), then a row
-pass (R taps); padding is a GpSimd copy into a tile pre-filled with -inf (max) or 0 (avg);
-avg divides by the window size, or by the per-position valid count when padding is excluded.
+pass (R taps).  Padding costs no copy: tile rows outside the input are filled with -inf (max)
+or 0 (avg) and each column tap covers only the output columns whose input column exists; avg divides by the window size, or by the per-position valid count when padding is excluded.
 """
 from __future__ import annotations
 
@@ -42,9 +42,6 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
     CT, parts = cm.T, cm.parts
     op = "max" if mode == "max" else "add"
     glob = (R, S) == (H, W) and (OH, OW) == (1, 1) and not any(padding)
-    Hp = max(H + pt + pb, (OH - 1) * sh + R)
-    Wp = max(W + pl + pr, (OW - 1) * sw + S)
-    padded = (Hp, Wp) != (H, W)
     divmap = None
     if mode == "avg" and not glob and any(padding) and not count_include_pad:
         cnt = np.zeros((OH, OW), np.float32)
@@ -83,18 +80,26 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
     if glob:
         if (CT * H * W + CT) * it > em.sbuf.largest_free():
             raise AllocationError(f"global pool {x.shape}: needs {(CT * H * W + CT) * it} B per partition")
+        # SBUF-resident operands are read / written in place (their row-split layout is the
+        # blocked channel mapping): no SBUF->SBUF copies around the reduction
+        direct = cm.blocked or CT == 1
         for n in range(N):
-            xt = load(n, 0, H, CT * H * W)
-            ot = em.sbuf_tile(parts, CT * it, cdt, "pool_o")
-            em.reduce(ot.ap((CT,), (1,)), xt.ap((CT, H * W)), op=op, axes=1)
+            x_in = x.sbuf is not None and direct
+            o_in = out.sbuf is not None and direct
+            xt = None if x_in else load(n, 0, H, CT * H * W)
+            ot = None if o_in else em.sbuf_tile(parts, CT * it, cdt, "pool_o")
+            src = x.flat_ap(n * C * H * W, parts, CT * H * W, (CT, H * W), (H * W, 1)) if x_in else xt.ap((CT, H * W))
+            dst = out.flat_ap(n * C, parts, CT, (CT,), (1,)) if o_in else ot.ap((CT,), (1,))
+            em.reduce(dst, src, op=op, axes=1)
             if mode == "avg":
-                em.act(ot.ap((CT,)), ot.ap((CT,)), scale=1.0 / (H * W))
-            store(n, ot, 0, 1, 1)
-            em.free(xt, ot)
+                em.act(dst, dst, scale=1.0 / (H * W))
+            if not o_in:
+                store(n, ot, 0, 1, 1)
+            em.free(*[t for t in (xt, ot) if t is not None])
     else:
         def band_bytes(bo):
             rp = (bo - 1) * sh + R
-            return CT * it * (rp * W + (rp * Wp if padded else 0) + rp * OW + bo * OW)
+            return CT * it * (rp * W + rp * OW + bo * OW)
         bo = OH
         free = em.sbuf.largest_free() * 0.9
         while bo > 1 and band_bytes(bo) > free:
@@ -116,13 +121,7 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                 gp = parts * len(grp)
                 xt = em.sbuf_tile(gp, CT * rpb * W * it, cdt, "pool_x")
                 tiles = [xt]
-                pt_ = None
-                if padded:
-                    pt_ = em.sbuf_tile(gp, CT * rpb * Wp * it, cdt, "pool_pad")
-                    tiles.append(pt_)
-                    em.memset(pt_.ap((CT * rpb * Wp,)), NEG if mode == "max" else 0.0)
-                elif any(min(bo, OH - oh0) < bo for oh0 in grp) and len(grp) > 1:
-                    em.memset(xt.ap((CT * rpb * W,)), 0.0)  # a short band: keep all lanes defined
+                fill = NEG if mode == "max" else 0.0  # padding never wins a max / adds nothing to a sum
                 nbo_max = 0
                 for i, oh0 in enumerate(grp):
                     nbo = min(bo, OH - oh0)
@@ -131,34 +130,50 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                     r0p = oh0 * sh
                     ih0, ih1 = max(0, r0p - pt), min(H, r0p + rp - pt)
                     nv = max(0, ih1 - ih0)
+                    dr = ih0 + pt - r0p if nv else 0  # padding rows above the band's input rows
+                    # rows of the tile no input row lands in (padding, or a short band's tail
+                    # that the shared Vector instructions still read): the fill value
+                    if partial:  # the last channel tile is partial: keep all its bytes defined
+                        em.memset(xt.ap((CT * rpb * W,), partitions=parts, start=i * parts), 0.0)
+                    for f0, f1 in ((0, dr), (dr + nv, rpb)):
+                        if f1 > f0:
+                            em.memset(xt.ap((CT, (f1 - f0) * W), (rpb * W, 1), f0 * W, partitions=parts, start=i * parts), fill)
                     if nv:
-                        if partial:
-                            em.memset(xt.ap((CT * rpb * W,)), 0.0)
                         if cm.blocked or CT == 1:
-                            em.dma_split(xt.ap((CT, nv * W), (rpb * W, 1), partitions=parts, start=i * parts),
+                            em.dma_split(xt.ap((CT, nv * W), (rpb * W, 1), dr * W, partitions=parts, start=i * parts),
                                          x.flat_ap(n * C * H * W + ih0 * W, parts, CT * H * W, (CT, nv * W), (H * W, 1)))
                         else:
                             for j in range(CT):
-                                em.dma_split(xt.ap((nv * W,), (1,), j * rpb * W, partitions=cm.nparts(j)),
+                                em.dma_split(xt.ap((nv * W,), (1,), j * rpb * W + dr * W, partitions=cm.nparts(j)),
                                              x.chan_ap(n, j * P, cm.nparts(j), ih0 * W, (nv * W,), (1,)))
-                    if padded and nv:
-                        dr = ih0 + pt - r0p
-                        for j in range(CT):
-                            np_ = cm.nparts(j)
-                            em.copy(pt_.ap((nv, W), (Wp, 1), j * rpb * Wp + dr * Wp + pl, partitions=np_, start=i * parts),
-                                    xt.ap((nv, W), (W, 1), j * rpb * W, partitions=np_, start=i * parts), stream="gpsimd")
-                if padded:
-                    src, srow, splane = pt_, Wp, rpb * Wp
-                else:
-                    src, srow, splane = xt, W, rpb * W
                 nbo = nbo_max
                 rp = (nbo - 1) * sh + R
                 tmp = em.sbuf_tile(gp, CT * rpb * OW * it, cdt, "pool_tmp")
                 ot = em.sbuf_tile(gp, CT * bo * OW * it, cdt, "pool_o")
                 tiles += [tmp, ot]
-                tv = tmp.ap((CT, rp, OW), (rpb * OW, OW, 1))
-                col = lambda q: src.ap((CT, rp, OW), (splane, srow, sw), q)
-                _fold(em, tv, col, S, op)
+                # column pass with clipped taps (no padded copy): tap q reads input column
+                # ow*sw + q - pl, so it only covers the output columns where that is inside [0, W)
+                spans = []
+                for q in range(S):
+                    lo = max(0, -(-(pl - q) // sw))
+                    hi = min(OW, (W - 1 + pl - q) // sw + 1)
+                    if hi > lo:
+                        spans.append((q, lo, hi))
+                full = [t for t in spans if (t[1], t[2]) == (0, OW)]
+                first = full[0] if full else None
+                if first is None:
+                    em.memset(tmp.ap((CT * rpb * OW,)), fill)
+
+                def col(q, lo, hi):
+                    return xt.ap((CT, rp, hi - lo), (rpb * W, W, sw), lo * sw + q - pl)
+
+                def tcols(lo, hi):
+                    return tmp.ap((CT, rp, hi - lo), (rpb * OW, OW, 1), lo)
+                if first is not None:
+                    em.copy(tcols(0, OW), col(*first))
+                for t in spans:
+                    if t is not first:
+                        em.tt(tcols(t[1], t[2]), tcols(t[1], t[2]), col(*t), op=op)
                 ov = ot.ap((CT, nbo, OW), (bo * OW, OW, 1))
                 row = lambda r: tmp.ap((CT, nbo, OW), (rpb * OW, sh * OW, 1), r * OW)
                 _fold(em, ov, row, R, op)

@@ -288,7 +288,7 @@ def plan_fused(graph: OpGraph, config=None, dtype: str = "float32", groups=None)
             readers.setdefault(root(i), []).append(ki)
     outputs = {root(o) for o in graph.outputs}
     try:
-        from tvm_poly.planners.poly import RESIDENT_KINDS, _capacity, _sbuf_size, resident_rows
+        from tvm_poly.planners.poly import RESIDENT_KINDS, _capacity, _sbuf_size, resident_kinds_problem, resident_rows
     except Exception:  # noqa: BLE001 - the resident codegen path is not there: all HBM
         RESIDENT_KINDS = None
     buffers, splits = [], {}
@@ -302,16 +302,14 @@ def plan_fused(graph: OpGraph, config=None, dtype: str = "float32", groups=None)
         if RESIDENT_KINDS is None:
             splits[r] = "codegen has no SBUF-resident operands"
             continue
-        kinds = {kernels[ki].kind} | {kernels[u].kind for u in uses}
         rows = resident_rows(tm[r].shape)
-        bad = ""
         if len(tm[r].shape) and int(tm[r].shape[0]) != 1:
             bad = "batch > 1: the fused planner keeps single-image tensors only"
-        elif not kinds <= RESIDENT_KINDS:
-            bad = f"kernel kinds {sorted(kinds - RESIDENT_KINDS)} read/write HBM only"
-        elif not rows:
-            bad = f"layout of shape {tuple(tm[r].shape)} does not match the kernels' channel mapping"
         else:
+            bad = resident_kinds_problem(kernels[ki], [kernels[u] for u in uses], r, tm, root)
+        if not bad and not rows:
+            bad = f"layout of shape {tuple(tm[r].shape)} does not match the kernels' channel mapping"
+        elif not bad:
             for u in uses + [ki]:
                 g = kernels[u]
                 if g.kind == "batch_norm" and int(tm[r].shape[1]) > 128:

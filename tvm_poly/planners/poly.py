@@ -53,6 +53,24 @@ from tvm_poly.polymodel import dtype_bytes
 from tvm_poly.planners.per_op import plan_per_op
 
 RESIDENT_KINDS = {"conv2d", "elementwise", "batch_norm", "pool", "concat"}
+# kernels that may read (never write) a resident tensor: matmul, when it is the single row of
+# the left operand (a global pool's output feeding the classifier): that row already is A^T
+READ_KINDS = {"matmul"}
+
+
+def resident_kinds_problem(producer, readers, name, tm, root) -> str:
+    """Why the kernels around tensor ``name`` cannot keep it in SBUF ("" = they can):
+    ``producer`` writes it, ``readers`` (kernel plans) read it."""
+    bad = ({producer.kind} - RESIDENT_KINDS) | ({u.kind for u in readers} - RESIDENT_KINDS - READ_KINDS)
+    if bad:
+        return f"kernel kinds {sorted(bad)} read/write HBM only"
+    for u in readers:
+        if u.kind == "matmul":
+            a = u.inputs[0]
+            if root(a) != name or any(root(i) == name for i in u.inputs[1:]) or \
+                    int(np.prod(tm[a].shape[:-1])) != 1:
+                return "matmul reads it as more than one row of its left operand"
+    return ""
 _MODELS: dict = {}  # id(graph) -> (graph, PolyModel)
 
 
@@ -365,9 +383,9 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         uses = sorted(set(readers.get(r, [])))
         if any(m in outputs for m in ms) or info.kind in ("input", "weight") or not uses:
             continue
-        kinds = {groups[gi].kind} | {groups[u].kind for u in uses}
-        if not kinds <= RESIDENT_KINDS:
-            why_not[r] = f"kernel kinds {sorted(kinds - RESIDENT_KINDS)} read/write HBM only"
+        problem = resident_kinds_problem(groups[gi], [groups[u] for u in uses], r, tm, root)
+        if problem:
+            why_not[r] = problem
             continue
         rows = {resident_rows(tm[m].shape) for m in ms}
         if len(rows) != 1 or 0 in rows or len({int(tm[m].shape[0]) for m in ms}) != 1:

@@ -1,0 +1,104 @@
+"""Kernels read and write SBUF-resident tensors in place, with no SBUF->SBUF copies:
+
+* a padded conv reads its resident input with *clipped taps* (each tap's matmul covers only the
+  output pixels whose input pixel exists) instead of a zeroed padded copy;
+* a windowed pool handles padding by clipping its column taps (no padded copy either);
+* a global pool reduces its resident input straight into its resident output, and the
+  classifier's matmul uses that row as its stationary operand (the pool -> FC handoff used to
+  go through HBM).
+"""
+import numpy as np
+import pytest
+
+from target import isa
+from tests.codegen_util import TOL, GraphBuilder, rel_err
+from tests.test_codegen_conv import conv_ref
+from tests.test_codegen_pool import pool_ref
+from tvm_poly.driver import compile_graph
+
+
+def _ins(cp, tag_prefix):
+    return [i for _, st in cp.program.streams for i in st if i.tag.split(":")[0] == tag_prefix]
+
+
+def _kernel_of(cp, op):
+    (k,) = [k for k in cp.plan.groups if op in k.ops]
+    return k
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("xs,ws,stride,pad,clipped", [
+    ((1, 64, 12, 12), (64, 64, 3, 3), (1, 1), (1, 1, 1, 1), True),     # ResNet stage-1 3x3
+    ((1, 64, 12, 12), (128, 64, 3, 3), (2, 2), (1, 1, 1, 1), True),    # strided (downsampling) 3x3
+    ((1, 256, 7, 7), (128, 256, 3, 3), (1, 1), (1, 1, 1, 1), True),    # blocked input, 2 planes
+    ((1, 32, 9, 9), (48, 32, 5, 5), (1, 1), (2, 2, 2, 2), True),       # Inception 5x5
+    ((1, 32, 4, 4), (16, 32, 3, 3), (1, 1), (2, 2, 2, 2), False),      # no tap covers every pixel
+])
+def test_padded_conv_reads_resident_input_in_place(xs, ws, stride, pad, clipped, dtype):
+    rng = np.random.default_rng(1)
+    b = GraphBuilder()
+    x = b.input("x", xs)
+    r = b.op("relu", [x], xs)
+    wv = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(np.float32)
+    xv = rng.standard_normal(xs).astype(np.float32)
+    ref = conv_ref(np.maximum(xv, 0), wv, stride, pad)
+    y = b.op("conv2d", [r, b.const("w", wv)], ref.shape, strides=stride, padding=pad, groups=1, dilation=(1, 1))
+    cp = compile_graph(b.build(y), "inf2", planner="poly", dtype=dtype)
+    assert cp.plan.placement(r).placement == "sbuf"
+    outs, _ = cp.run({"x": xv})
+    assert rel_err(outs[y], ref) <= TOL[dtype]
+    conv = _ins(cp, _kernel_of(cp, y).tag.split(":")[0])
+    copies = [i for i in conv if isinstance(i, (isa.TensorCopy, isa.Memset))]
+    if clipped:
+        assert not copies, "a clipped-tap conv makes no padded copy of its resident input"
+        mms = [i for i in conv if isinstance(i, isa.MatMul)]
+        # some taps cover only part of a PSUM block (the border pixels have no input there)
+        full = max(i.dst.free_elems for i in mms)
+        assert any(i.dst.free_elems < full for i in mms)
+    else:
+        assert copies, "without a tap valid everywhere the conv falls back to the padded copy"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("xs,mode,k,s,pad,ohw", [
+    ((1, 64, 20, 20), "max", (3, 3), (2, 2), (1, 1, 1, 1), (10, 10)),
+    ((1, 64, 9, 9), "max", (3, 3), (2, 2), (0, 0, 1, 1), (5, 5)),      # ceil mode: extra row/column
+    ((1, 96, 9, 9), "avg", (3, 3), (1, 1), (1, 1, 1, 1), (9, 9)),
+])
+def test_padded_pool_makes_no_padded_copy(xs, mode, k, s, pad, ohw, dtype):
+    rng = np.random.default_rng(2)
+    b = GraphBuilder()
+    x = b.input("x", xs)
+    y = b.op("max_pool2d" if mode == "max" else "avg_pool2d", [x], xs[:2] + ohw, pool_size=k, strides=s,
+             padding=pad, count_include_pad=False, layout="NCHW", dilation=(1, 1))
+    cp = compile_graph(b.build(y), "inf2", dtype=dtype)
+    xv = rng.standard_normal(xs).astype(np.float32)
+    outs, _ = cp.run({"x": xv})
+    assert rel_err(outs[y], pool_ref(xv, mode, k, s, pad, ohw)) <= TOL[dtype]
+    # the only copies are the first column tap (Vector); no padded copy on GpSimd
+    assert not any(isinstance(i, isa.TensorCopy) for i in cp.program.stream("gpsimd"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("C", [2048, 544, 96])  # blocked 128 x 16, blocked 68 x 8, one plane
+def test_global_pool_feeds_the_classifier_in_sbuf(C, dtype):
+    rng = np.random.default_rng(3)
+    b = GraphBuilder()
+    x = b.input("x", (1, C, 7, 7))
+    r = b.op("relu", [x], (1, C, 7, 7))
+    p = b.op("avg_pool2d", [r], (1, C, 1, 1), pool_size=(7, 7), strides=(1, 1), padding=(0, 0, 0, 0),
+             count_include_pad=False, layout="NCHW", dilation=(1, 1))
+    f = b.op("reshape", [p], (1, C))
+    wv = (rng.standard_normal((C, 1000)) / np.sqrt(C)).astype(np.float32)
+    y = b.op("matmul", [f, b.const("w", wv)], (1, 1000))
+    cp = compile_graph(b.build(y), "inf2", planner="poly", dtype=dtype)
+    assert cp.plan.placement(p).placement == "sbuf"
+    xv = rng.standard_normal((1, C, 7, 7)).astype(np.float32)
+    outs, rep = cp.run({"x": xv})
+    ref = np.maximum(xv, 0).mean(axis=(2, 3)) @ wv
+    assert rel_err(outs[y], ref) <= TOL[dtype]
+    # nothing moves SBUF -> SBUF and the pooled row never touches HBM
+    dmas = [i for _, st in cp.program.streams for i in st if isinstance(i, isa.DmaCopy)]
+    assert not any(i.src.mem == i.dst.mem for i in dmas)
+    assert {p, f} & {t.name for t in cp.program.hbm} == set()
+    assert rep.hbm_read_bytes == sum(t.nbytes for t in cp.program.hbm if t.kind in ("input", "weight"))
