@@ -161,22 +161,39 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                         spans.append((q, lo, hi))
                 full = [t for t in spans if (t[1], t[2]) == (0, OW)]
                 first = full[0] if full else None
-                if first is None:
-                    em.memset(tmp.ap((CT * rpb * OW,)), fill)
 
                 def col(q, lo, hi):
                     return xt.ap((CT, rp, hi - lo), (rpb * W, W, sw), lo * sw + q - pl)
 
                 def tcols(lo, hi):
                     return tmp.ap((CT, rp, hi - lo), (rpb * OW, OW, 1), lo)
-                if first is not None:
+                # stride 2: two adjacent taps valid everywhere are disjoint column pairs, ONE
+                # TensorReduce over a (.., OW, 2) pattern (N cycles in bf16) instead of a copy
+                # and a TensorTensor (3N)
+                fq = {t[0] for t in full}
+                pair = next((q for q in range(S - 1) if sw == 2 and q in fq and q + 1 in fq), None)
+                done = set()
+                if pair is not None:
+                    em.reduce(tcols(0, OW), xt.ap((CT, rp, OW, 2), (rpb * W, W, 2, 1), pair - pl), op=op, axes=1)
+                    done = {pair, pair + 1}
+                elif first is not None:
                     em.copy(tcols(0, OW), col(*first))
+                    done = {first[0]}
+                else:
+                    em.memset(tmp.ap((CT * rpb * OW,)), fill)
                 for t in spans:
-                    if t is not first:
+                    if t[0] not in done:
                         em.tt(tcols(t[1], t[2]), tcols(t[1], t[2]), col(*t), op=op)
                 ov = ot.ap((CT, nbo, OW), (bo * OW, OW, 1))
                 row = lambda r: tmp.ap((CT, nbo, OW), (rpb * OW, sh * OW, 1), r * OW)
-                _fold(em, ov, row, R, op)
+                if sh == 2 and R >= 2 and cdt == "bf16":
+                    # rows (0, 1) are disjoint pairs: one reduction (strided: 2N for the pair,
+                    # vs 3N as copy + TensorTensor; in fp32 the strided reduction costs 4N)
+                    em.reduce(ov, tmp.ap((CT, nbo, OW, 2), (rpb * OW, 2 * OW, 1, OW)), op=op, axes=1)
+                    for r in range(2, R):
+                        em.tt(ov, ov, row(r), op=op)
+                else:
+                    _fold(em, ov, row, R, op)
                 if mode == "avg":
                     if divmap is not None:
                         oh0 = grp[0]
