@@ -102,3 +102,56 @@ def test_global_pool_feeds_the_classifier_in_sbuf(C, dtype):
     assert not any(i.src.mem == i.dst.mem for i in dmas)
     assert {p, f} & {t.name for t in cp.program.hbm} == set()
     assert rep.hbm_read_bytes == sum(t.nbytes for t in cp.program.hbm if t.kind in ("input", "weight"))
+
+
+def _stem_graph(rng, K=64, H=32, extra_reader=False):
+    """7x7/2 conv (3 -> K) + relu -> 3x3/2 max pool -> 1x1 conv: the stem of ResNet/DenseNet."""
+    b = GraphBuilder()
+    x = b.input("x", (1, 3, H, H))
+    w1 = (rng.standard_normal((K, 3, 7, 7)) / np.sqrt(147)).astype(np.float32)
+    c = b.op("conv2d", [x, b.const("w1", w1)], (1, K, H // 2, H // 2), strides=(2, 2), padding=(3, 3, 3, 3),
+             groups=1, dilation=(1, 1))
+    r = b.op("relu", [c], (1, K, H // 2, H // 2))
+    p = b.op("max_pool2d", [r], (1, K, H // 4, H // 4), pool_size=(3, 3), strides=(2, 2), padding=(1, 1, 1, 1),
+             count_include_pad=False, layout="NCHW", dilation=(1, 1))
+    w2 = (rng.standard_normal((32, K, 1, 1)) / np.sqrt(K)).astype(np.float32)
+    y = b.op("conv2d", [p, b.const("w2", w2)], (1, 32, H // 4, H // 4), strides=(1, 1), padding=(0, 0, 0, 0),
+             groups=1, dilation=(1, 1))
+    outs = [y]
+    if extra_reader:
+        outs.append(b.op("sigmoid", [r], (1, K, H // 2, H // 2)))
+    xv = rng.standard_normal((1, 3, H, H)).astype(np.float32)
+    rv = np.maximum(conv_ref(xv, w1, (2, 2), (3, 3, 3, 3)), 0)
+    pv = pool_ref(rv, "max", (3, 3), (2, 2), (1, 1, 1, 1), (H // 4, H // 4))
+    return b.build(outs), {"x": xv}, y, conv_ref(pv, w2, (1, 1), (0, 0, 0, 0)), r
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("K", [64, 32])
+def test_stem_writes_the_pools_lower_band_on_idle_lanes(K, dtype):
+    """conv -> max pool through a resident K-channel tensor: the conv's stationary holds its
+    weights twice, PSUM lanes K..2K carry a copy and the conv writes the pool's lower band
+    there; the pool runs both bands on 2K lanes in place: no SBUF->SBUF DMA at all."""
+    g, inputs, y, ref, r = _stem_graph(np.random.default_rng(5), K=K)
+    cp = compile_graph(g, "inf2", planner="poly", dtype=dtype)
+    pairs = [k for k in cp.plan.groups if k.param("lane_pair")]
+    assert [k.kind for k in pairs] == ["conv2d", "pool"] and cp.plan.placement(r).placement == "sbuf"
+    outs, _ = cp.run(inputs)
+    assert rel_err(outs[y], ref) <= TOL[dtype]
+    dmas = [i for _, st in cp.program.streams for i in st if isinstance(i, isa.DmaCopy)]
+    pool_tag = pairs[1].tag
+    assert not any(i.src.mem == i.dst.mem and i.tag == pool_tag for i in dmas)
+    # the pool's Vector work runs on 2K lanes
+    vec = [i for i in cp.program.stream("vector") if i.tag == pool_tag]
+    assert vec and max(i.dst.num_partitions for i in vec) == 2 * K
+    # the doubled stationary costs no extra HBM bytes: the weights load once
+    w1 = [t for t in cp.program.hbm if t.kind == "weight" and t.name.startswith(pairs[0].tag.split(":")[0] + "/w")]
+    assert w1 and all(t.nbytes <= 3 * 7 * 7 * K * (4 if dtype == "float32" else 2) * 1.5 for t in w1)
+
+
+def test_no_lane_pair_when_the_conv_output_has_another_reader():
+    g, inputs, y, ref, r = _stem_graph(np.random.default_rng(6), extra_reader=True)
+    cp = compile_graph(g, "inf2", planner="poly", dtype="float32")
+    assert not any(k.param("lane_pair") for k in cp.plan.groups)
+    outs, _ = cp.run(inputs)
+    assert rel_err(outs[y], ref) <= TOL["float32"]

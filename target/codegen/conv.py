@@ -20,6 +20,8 @@ Schedule (per image n, per band of output rows; one band when everything fits):
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from target import isa
@@ -80,7 +82,7 @@ def _out_hw(H, W, R, S, stride, pad):
 
 def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, groups: int,
            const, scale=None, bias=None, func: str = "identity", cdt: str = "fp32", residual: Value = None,
-           prefetch: bool = False, pinned=None, weight_slot=None):
+           prefetch: bool = False, pinned=None, weight_slot=None, lane_dup=None):
     """weight: [K, C/groups, R, S] numpy; scale/bias: [K] numpy or None (folded at compile time);
     const(name, array, dtype) -> Value creates compile-time HBM constants.  ``residual`` (same
     shape as ``out``): out = func(conv * scale + bias + residual); the residual is accumulated
@@ -92,7 +94,12 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     ``weight_slot = (tile, cache)``: a planner-placed SBUF tile that keeps this kernel's weights
     across its calls (spatial tiling runs a kernel once per row band); ``cache`` (a dict, the same
     for every call) remembers what the tile holds, so a later call with the same laid-out
-    weights loads nothing.  Used when the weights load once and fit the tile."""
+    weights loads nothing.  Used when the weights load once and fit the tile.
+    ``lane_dup = (shift, halo)`` (K <= 64 channels, SBUF-resident output, one image): the stationary
+    holds the weights twice side by side (free: a matmul's cost does not depend on its columns), so
+    PSUM lanes K..2K carry a second copy of every output pixel, and output rows [shift, OH) are also
+    written to lanes K..2K at row - shift, rows [shift - halo, shift) after them (at OH - shift ..):
+    the two-band lane layout the following pool reads in place (pool2d's ``lane_split``)."""
     N, C, H, W = x.shape
     K, Cg, R, S = weight.shape
     sh, sw = stride
@@ -169,6 +176,12 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     Mk = km.parts
     kidx = km.index()  # [KT, Mk]
     KT = km.T
+    dup = lane_dup is not None
+    if dup and not (res_out and KT == 1 and Mk in (32, 64) and residual is None and N == 1
+                    and OW <= em.max_moving_free):
+        raise CodegenError(f"conv2d lane_dup needs a resident single-image output of 32 or 64 channels "
+                           f"with whole-row pixel blocks and no residual (got K={K}, N={N}, OW={OW})")
+    Mm = 2 * Mk if dup else Mk  # stationary columns = PSUM lanes
 
     # ---------------------------------------------------------------- epilogue columns
     cols, c0, own_cols = None, 0, False
@@ -179,13 +192,15 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         arr = np.zeros((Mk, 2 * KT), np.float32)
         arr[:, :KT] = sce[kidx].T
         arr[:, KT:] = bie[kidx].T
+        if dup:  # the second lane block's evacuation reads them on lanes K..2K
+            arr = np.concatenate([arr, arr])
         got = pinned(arr) if pinned is not None else None
         if got is not None:  # the program's constant block (const_block.py) holds them
             cols, c0 = got
         else:
             cv = const(f"{em.tag.split(':')[0]}/epilogue", arr, "fp32")
-            cols = em.sbuf_tile(Mk, 2 * KT * 4, "fp32", "conv_cols")
-            em.dma(cols.ap((2 * KT,), partitions=Mk), cv.flat_ap(0, Mk, 2 * KT, (2 * KT,), (1,)))
+            cols = em.sbuf_tile(arr.shape[0], 2 * KT * 4, "fp32", "conv_cols")
+            em.dma(cols.ap((2 * KT,), partitions=arr.shape[0]), cv.flat_ap(0, arr.shape[0], 2 * KT, (2 * KT,), (1,)))
             own_cols = True
 
     ident = None
@@ -193,11 +208,11 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         ident = em.identity(Mk, cdt, "conv_ident")
     res_hbm = residual is not None and residual.sbuf is None
 
-    def epi(jk, nk):
+    def epi(jk, nk, start=0):
         if cols is None:
             return 1.0, 0.0
-        return (cols.ap((1,), elem_offset=c0 + jk, partitions=nk),
-                cols.ap((1,), elem_offset=c0 + KT + jk, partitions=nk))
+        return (cols.ap((1,), elem_offset=c0 + jk, partitions=nk, start=start),
+                cols.ap((1,), elem_offset=c0 + KT + jk, partitions=nk, start=start))
 
     # ---------------------------------------------------------------- contraction blocks
     wext = np.zeros((K + 1, C + 1, R, S), np.float32)
@@ -299,7 +314,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             wconsts.append(arr.reshape(cm.parts, -1))
 
     tagbase = em.tag.split(":")[0]
-    wsize = max(a.shape[1] for a in wconsts)
+    # dup: the weights twice, [W_0 .. W_n | W_0 .. W_n] (loaded once, the second half copied on
+    # chip); block b's stationary is the 2-D pattern (2, Mk) over both halves = [W_b | W_b]
+    wsize = max(a.shape[1] for a in wconsts) * (2 if dup else 1)
     kept = None  # (tile, already loaded) when the planner's slot keeps the weights across calls
     if weight_slot is not None and len(kgroups) == 1:
         wt, cache = weight_slot
@@ -369,7 +386,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         pad_pool = em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * Wp * it, cdt, nb, "conv_pad") if any(pad) and not clip else None
     out_pool = None if res_out else em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_out")
     res_pool = em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_res") if res_hbm else None
-    psum_pool = em.pool("psum", Mk, None, "fp32", min(4, em.psum_banks), "conv_ps")
+    psum_pool = em.pool("psum", Mm, None, "fp32", min(4, em.psum_banks), "conv_ps")
 
     # pixel blocks inside a band
     maxn = em.max_moving_free
@@ -507,6 +524,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     def stat(gi, blk, jk, nk):
         key = (blk[0], blk[1], jk)
         np_ = len(chunks[blk[0]]) if packed else blk_parts.get(tuple(blk), cm.nparts(blk[0]))
+        if dup:
+            return wtiles[gi].ap((2, Mk), (wconsts[gi].shape[1], 1), blk_off[key], partitions=np_)
         return wtiles[gi].ap((nk,), (1,), blk_off[key], partitions=np_)
 
     def load_weights(gi):
@@ -517,6 +536,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         em.dma_split(t.ap((a.shape[1],), partitions=a.shape[0]),
                      wvals[gi].flat_ap(0, a.shape[0], a.shape[1], (a.shape[1],), (1,)),
                      piece_bytes=WEIGHT_PIECE_BYTES, min_piece=PREFETCH_MIN_PIECE if prefetch else None)
+        if dup:
+            em.copy(t.ap((a.shape[1],), elem_offset=a.shape[1], partitions=a.shape[0]),
+                    t.ap((a.shape[1],), partitions=a.shape[0]), stream="gpsimd")
         return t
 
     def resident_off(v, n, jk, nk, pix):
@@ -578,12 +600,15 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             blks = blocks_by_jk[jk]
             for (t0, nr, ow0, nw) in pix_blocks(nbo):
                 ps = psum_pool.next()
-                dst = ps.ap((nr * nw,), partitions=nk)
+                nkm = 2 * nk if dup else nk
+                dst = ps.ap((nr * nw,), partitions=nkm)
                 mms = [(blk, dst, t0, nr, ow0, nw) for blk in blks] if not clip else \
-                    _clipped(blks, ps, nk, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl, H, W)
+                    _clipped(blks, ps, nkm, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl, H, W)
                 for bi2, (blk, d_ap, a0, na, b0, nb_) in enumerate(mms):
-                    em.matmul(d_ap, stat(gi, blk, jk, nk), mov(blk, a0, na, b0, nb_),
+                    em.matmul(d_ap, stat(gi, blk, jk, nkm), mov(blk, a0, na, b0, nb_),
                               start=bi2 == 0, stop=bi2 == len(mms) - 1 and residual is None)
+                if dup:
+                    dst = ps.ap((nr * nw,), partitions=nk)
                 o_off = jk * bo * OW + t0 * OW + ow0  # in a band tile laid out like the output band
                 pix = (oh0 + t0) * OW + ow0
                 if residual is not None:  # PSUM += I @ shortcut
@@ -595,6 +620,17 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                 dst_o = rows_ap(out.sbuf, resident_off(out, n, jk, nk, pix), nr, nw, nk) if res_out else \
                     rows_ap(ot, o_off, nr, nw, nk)
                 em.act(dst_o, dst, func=func, scale=sc, bias=bb)
+                if dup:  # the second lane block: rows past the shift (and the halo rows before it)
+                    shift, halo = lane_dup
+                    wide = dataclasses.replace(out.sbuf, partitions=2 * nk)
+                    a, b_ = oh0 + t0, oh0 + t0 + nr
+                    for r0, r1, local in ((max(a, shift), b_, max(a, shift) - shift),
+                                          (max(a, shift - halo), min(b_, shift), OH - shift + max(a, shift - halo) - (shift - halo))):
+                        if r1 > r0:
+                            sc2, bb2 = epi(jk, nk, start=nk)
+                            em.act(wide.ap(((r1 - r0) * nw,), (1,), local * OW, partitions=nk, start=nk),
+                                   ps.ap(((r1 - r0) * nw,), (1,), (r0 - a) * nw, partitions=nk, start=nk),
+                                   func=func, scale=sc2, bias=bb2)
             if stores_now:
                 _band_dma(em, out, ot, km, n, jk, jk + 1, oh0, nbo, bo, OW, OH, P)
         if not stores_now and not res_out:

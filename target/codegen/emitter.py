@@ -134,6 +134,25 @@ class _Tracker:
             keep.append(e)
         return keep
 
+    def peek(self, box, write: bool = True) -> int:
+        """Latest estimated end (``ref.end``) of the live accesses an access to ``box`` would
+        have to wait for (writes for a read; reads and writes for a write).  Changes nothing."""
+        space, p0, p1, b0, b1 = box[:5]
+        bs = self.BUCKET[space]
+        retired = self.retired
+        end = 0
+        for k in range(b0 // bs, (b1 - 1) // bs + 1):
+            b = self.buckets.get((space, k))
+            if b is None:
+                continue
+            for lst in ((b.w, b.r) if write else (b.w,)):
+                for e in lst:
+                    if e.dead or e.ref.end <= end or 0 <= e.ref.idx <= retired.get(e.ref.stream, -1):
+                        continue
+                    if e.p0 < p1 and p0 < e.p1 and e.b0 < b1 and b0 < e.b1:
+                        end = e.ref.end
+        return end
+
     def access(self, box, write: bool, ref):
         space, p0, p1, b0, b1 = box[:5]
         rows = box[5] if len(box) > 5 else None
@@ -173,8 +192,26 @@ class _RangeAllocator:
         self.peak = 0
         self.cursor = 0  # next-fit: rotate addresses so consecutive kernels do not reuse them
 
-    def alloc(self, nbytes: int) -> int:
+    def alloc(self, nbytes: int, ready=None) -> int:
+        """``ready(offset, nbytes) -> tick``: when the range is free of earlier accesses (the
+        emitter's estimate); the range that frees earliest wins (next-fit order on ties), so a
+        prefetch is not queued behind a region that is read late."""
         n = max(self.align, -(-nbytes // self.align) * self.align)
+        if ready is not None:
+            cands = []
+            for i, (a, b) in enumerate(self.free_list):
+                if b - a >= n:
+                    for off in {a, b - n} | ({self.cursor} if a < self.cursor <= b - n else set()):
+                        cands.append((ready(off, n), (off - self.cursor) % self.size, i, off))
+            if cands:
+                _, _, i, a = min(cands)
+                fa, fb = self.free_list[i]
+                pieces = ([(fa, a)] if a > fa else []) + ([(a + n, fb)] if a + n < fb else [])
+                self.free_list[i:i + 1] = pieces
+                self.used += n
+                self.peak = max(self.peak, self.used)
+                self.cursor = (a + n) % self.size
+                return a
         order = [i for i, (a, b) in enumerate(self.free_list) if b > self.cursor] + \
                 [i for i, (a, b) in enumerate(self.free_list) if b <= self.cursor]
         for i in order:
@@ -370,7 +407,8 @@ class Emitter:
     def sbuf_tile(self, partitions: int, nbytes: int, dtype: str, name: str = "") -> Tile:
         if not 1 <= partitions <= self.partitions:
             raise CodegenError(f"tile {name}: {partitions} partitions (max {self.partitions})")
-        off = self.sbuf.alloc(nbytes)
+        P = self.partitions
+        off = self.sbuf.alloc(nbytes, ready=lambda o, n: self.tracker.peek(("sbuf", 0, P, o, o + n)))
         return Tile(Mem.SBUF, partitions, off, -(-nbytes // 4) * 4, dtype, name)
 
     def sbuf_resident(self, start_partition: int, partitions: int, offset: int, nbytes: int, dtype: str,

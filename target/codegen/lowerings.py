@@ -105,7 +105,7 @@ def lower_conv2d(ctx, g):
         slot = ctx.weight_slots[g.name]
     conv2d(ctx.em, x, out, np.asarray(winfo.value, np.float32), stride, pad, int(node.attr("groups", 1)),
            ctx.const, scale=scale, bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt, residual=res,
-           prefetch=bool(g.param("prefetch")), weight_slot=slot,
+           prefetch=bool(g.param("prefetch")), weight_slot=slot, lane_dup=g.param("lane_pair"),
            pinned=(lambda arr: ctx.const_block.put(g.name, arr)) if getattr(ctx, "const_block", None) else None)
     if slot is not None and last:
         ctx.em.free(ctx.weight_slots.pop(g.name)[0])
@@ -136,4 +136,5 @@ def lower_pool(ctx, g):
         raise CodegenError(f"{g.tag}: pool dilation")
     pad = band_pad(ctx, g, pad, tuple(g.param("strides", (1, 1)))[0], tuple(g.param("pool_size"))[0])
     pool2d(ctx.em, ctx.value(g.inputs[0]), ctx.out(g.output), g.param("mode"), tuple(g.param("pool_size")),
-           tuple(g.param("strides", (1, 1))), pad, bool(g.param("count_include_pad", False)), ctx.const, ctx.cdt)
+           tuple(g.param("strides", (1, 1))), pad, bool(g.param("count_include_pad", False)), ctx.const, ctx.cdt,
+           lane_split=g.param("lane_pair"))

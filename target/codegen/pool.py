@@ -9,11 +9,13 @@ or 0 (avg) and each column tap covers only the output columns whose input column
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from target import isa
 from .conv import ChanMap
-from .emitter import AllocationError, Emitter
+from .emitter import AllocationError, CodegenError, Emitter
 from .values import Value
 
 NEG = -3.0e38
@@ -30,7 +32,13 @@ def _fold(em, dst, part, n, op):
 
 
 def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, padding,
-           count_include_pad: bool, const, cdt: str):
+           count_include_pad: bool, const, cdt: str, lane_split=None):
+    """``lane_split = (shift, halo)``: the SBUF-resident input (C = 32/64 channels on lanes 0..C)
+    also holds, on lanes C..2C of its byte range, the input rows from ``shift`` on (at row -
+    shift) and the ``halo`` rows before them (after those), as the producing conv's ``lane_dup``
+    wrote them.  The two output bands (rows [0, OH/2) and [OH/2, OH)) then run side by side on
+    2C lanes straight from the input buffer (no SBUF->SBUF load), into the resident output; band
+    1 moves to its lanes 0..C through the Tensor engine (a matmul with a lane-shifting identity)."""
     N, C, H, W = x.shape
     _, _, OH, OW = out.shape
     R, S = pool_size
@@ -96,6 +104,50 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
             if not o_in:
                 store(n, ot, 0, 1, 1)
             em.free(*[t for t in (xt, ot) if t is not None])
+    elif lane_split is not None:
+        if not (x.sbuf is not None and out.sbuf is not None and x.base is None and out.base is None
+                and lane_split_ok(x.shape, out.shape, pool_size, strides, padding, mode)
+                and tuple(lane_split) == lane_split_geometry(out.shape, strides, padding)):
+            raise CodegenError(f"pool {x.shape}->{out.shape}: lane_split {lane_split} does not apply")
+        shift, halo = lane_split
+        OH0, C2 = OH // 2, 2 * C
+        xw = dataclasses.replace(x.sbuf, partitions=C2)  # lanes C..2C: the second band's rows
+        ow_ = dataclasses.replace(out.sbuf, partitions=C2)
+        rows_loc = (OH0 - 1) * sh + R - pt  # input rows (from the band's first) the windows read
+        tmp = em.sbuf_tile(C2, (halo + rows_loc) * OW * it, cdt, "pool_tmp")
+        em.note(bands=2, lane_split=True)
+        # tmp rows in padded coordinates: [0, halo) is padding for band 0, band 1's halo rows
+        if halo:
+            em.memset(tmp.ap((halo * OW,), partitions=C), NEG)
+            _column_pass(em, xw.ap, (0, W), tmp.ap, (0, OW), 1, halo, W, OW, S, sw, pl, op, NEG,
+                         {"partitions": C, "start": C, "src_offset": (H - shift) * W})
+        # band 1 (lanes C..2C) goes to output rows [OH0, OH) on lanes 0..C through the Tensor
+        # engine: stationary = columns C..2C of a 2C identity (picks lanes C..2C), then the PSUM
+        # evacuation.  (A cross-lane SBUF->SBUF DMA would wait for the row pass in its in-order
+        # queue, and the weight prefetches behind it in that queue with it.)
+        ident = em.identity(C2, cdt, "pool_lanes")
+        pp = em.pool("psum", C, None, "fp32", 2, "pool_ps")
+        # in chunks of output rows, so the next kernel starts on the first rows while the Vector
+        # engine pools the rest (each chunk column-passes only the input rows not done yet)
+        rpc = max(1, min(OH0, -(-OH0 // 4), em.max_moving_free // OW))
+        done = 0  # local input rows column-passed so far
+        for j0 in range(0, OH0, rpc):
+            j1 = min(OH0, j0 + rpc)
+            need = (j1 - 1) * sh + R - pt  # local rows [0, need) feed output rows < j1
+            if need > done:
+                _column_pass(em, xw.ap, (0, W), tmp.ap, (0, OW), 1, need - done, W, OW, S, sw, pl, op, NEG,
+                             {"src_offset": done * W, "dst_offset": (halo + done) * OW})
+                done = need
+            _row_pass(em, ow_.ap((1, j1 - j0, OW), (0, OW, 1), j0 * OW), tmp, 0, j0 * sh * OW, 1, j1 - j0, OW,
+                      R, sh, op, cdt, {})
+            n = (j1 - j0) * OW
+            ps = pp.next()
+            em.matmul(ps.ap((n,), partitions=C), ident.ap((C,), (1,), C, partitions=C2),
+                      ow_.ap((n,), (1,), j0 * OW, partitions=C2))
+            em.act(out.sbuf.ap((n,), (1,), (OH0 + j0) * OW, partitions=C), ps.ap((n,), partitions=C), stream="scalar")
+        pp.release()
+        em.free(ident)
+        em.free(tmp)
     else:
         def band_bytes(bo):
             rp = (bo - 1) * sh + R
@@ -151,49 +203,9 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                 tmp = em.sbuf_tile(gp, CT * rpb * OW * it, cdt, "pool_tmp")
                 ot = em.sbuf_tile(gp, CT * bo * OW * it, cdt, "pool_o")
                 tiles += [tmp, ot]
-                # column pass with clipped taps (no padded copy): tap q reads input column
-                # ow*sw + q - pl, so it only covers the output columns where that is inside [0, W)
-                spans = []
-                for q in range(S):
-                    lo = max(0, -(-(pl - q) // sw))
-                    hi = min(OW, (W - 1 + pl - q) // sw + 1)
-                    if hi > lo:
-                        spans.append((q, lo, hi))
-                full = [t for t in spans if (t[1], t[2]) == (0, OW)]
-                first = full[0] if full else None
-
-                def col(q, lo, hi):
-                    return xt.ap((CT, rp, hi - lo), (rpb * W, W, sw), lo * sw + q - pl)
-
-                def tcols(lo, hi):
-                    return tmp.ap((CT, rp, hi - lo), (rpb * OW, OW, 1), lo)
-                # stride 2: two adjacent taps valid everywhere are disjoint column pairs, ONE
-                # TensorReduce over a (.., OW, 2) pattern (N cycles in bf16) instead of a copy
-                # and a TensorTensor (3N)
-                fq = {t[0] for t in full}
-                pair = next((q for q in range(S - 1) if sw == 2 and q in fq and q + 1 in fq), None)
-                done = set()
-                if pair is not None:
-                    em.reduce(tcols(0, OW), xt.ap((CT, rp, OW, 2), (rpb * W, W, 2, 1), pair - pl), op=op, axes=1)
-                    done = {pair, pair + 1}
-                elif first is not None:
-                    em.copy(tcols(0, OW), col(*first))
-                    done = {first[0]}
-                else:
-                    em.memset(tmp.ap((CT * rpb * OW,)), fill)
-                for t in spans:
-                    if t[0] not in done:
-                        em.tt(tcols(t[1], t[2]), tcols(t[1], t[2]), col(*t), op=op)
+                _column_pass(em, xt.ap, (rpb * W, W), tmp.ap, (rpb * OW, OW), CT, rp, W, OW, S, sw, pl, op, fill, {})
                 ov = ot.ap((CT, nbo, OW), (bo * OW, OW, 1))
-                row = lambda r: tmp.ap((CT, nbo, OW), (rpb * OW, sh * OW, 1), r * OW)
-                if sh == 2 and R >= 2 and cdt == "bf16":
-                    # rows (0, 1) are disjoint pairs: one reduction (strided: 2N for the pair,
-                    # vs 3N as copy + TensorTensor; in fp32 the strided reduction costs 4N)
-                    em.reduce(ov, tmp.ap((CT, nbo, OW, 2), (rpb * OW, 2 * OW, 1, OW)), op=op, axes=1)
-                    for r in range(2, R):
-                        em.tt(ov, ov, row(r), op=op)
-                else:
-                    _fold(em, ov, row, R, op)
+                _row_pass(em, ov, tmp, rpb * OW, 0, CT, nbo, OW, R, sh, op, cdt, {})
                 if mode == "avg":
                     if divmap is not None:
                         oh0 = grp[0]
@@ -213,3 +225,74 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                 em.free(*tiles)
     if divmap is not None:
         em.free(divmap)
+
+
+def _column_pass(em, src, src_st, dst, dst_st, CT, rows, W, OW, S, sw, pl, op, fill, lanes):
+    """tmp[c, row, ow] = op over taps q of x[c, row, ow*sw + q - pl]: ``src``/``dst`` are tile
+    ``ap`` methods, ``*_st`` their (plane, row) strides in elements, ``lanes`` extra ``ap``
+    arguments (partitions, start, elem offsets are added to ``elem_offset``).  Column padding
+    costs nothing: tap q covers only the output columns whose input column exists.  Stride 2:
+    two adjacent taps valid everywhere are disjoint column pairs, ONE TensorReduce over a
+    (.., OW, 2) pattern (N cycles in bf16) instead of a copy and a TensorTensor (3N)."""
+    so, do = lanes.pop("src_offset", 0), lanes.pop("dst_offset", 0)
+    spans = []
+    for q in range(S):
+        lo = max(0, -(-(pl - q) // sw))
+        hi = min(OW, (W - 1 + pl - q) // sw + 1)
+        if hi > lo:
+            spans.append((q, lo, hi))
+    full = [t for t in spans if (t[1], t[2]) == (0, OW)]
+
+    def col(q, lo, hi):
+        return src((CT, rows, hi - lo), src_st + (sw,), so + lo * sw + q - pl, **lanes)
+
+    def tcols(lo, hi):
+        return dst((CT, rows, hi - lo), dst_st + (1,), do + lo, **lanes)
+    fq = {t[0] for t in full}
+    pair = next((q for q in range(S - 1) if sw == 2 and q in fq and q + 1 in fq), None)
+    done = set()
+    if pair is not None:
+        em.reduce(tcols(0, OW), src((CT, rows, OW, 2), src_st + (2, 1), so + pair - pl, **lanes), op=op, axes=1)
+        done = {pair, pair + 1}
+    elif full:
+        em.copy(tcols(0, OW), col(*full[0]))
+        done = {full[0][0]}
+    else:
+        em.memset(dst((CT, rows, OW), dst_st + (1,), do, **lanes), fill)
+    for t in spans:
+        if t[0] not in done:
+            em.tt(tcols(t[1], t[2]), tcols(t[1], t[2]), col(*t), op=op)
+
+
+def _row_pass(em, ov, tmp, tplane, toff, CT, nbo, OW, R, sh, op, cdt, lanes):
+    """ov[c, oh, ow] = op over r of tmp[c, oh*sh + r, ow] (tmp rows in padded coordinates)."""
+    row = lambda r: tmp.ap((CT, nbo, OW), (tplane, sh * OW, 1), toff + r * OW, **lanes)
+    if sh == 2 and R >= 2 and cdt == "bf16":
+        # rows (0, 1) are disjoint pairs: one reduction (strided: 2N for the pair, vs 3N as
+        # copy + TensorTensor; in fp32 the strided reduction costs 4N)
+        em.reduce(ov, tmp.ap((CT, nbo, OW, 2), (tplane, 2 * OW, 1, OW), toff, **lanes), op=op, axes=1)
+        for r in range(2, R):
+            em.tt(ov, ov, row(r), op=op)
+    else:
+        _fold(em, ov, row, R, op)
+
+
+def lane_split_ok(x_shape, out_shape, pool_size, strides, padding, mode) -> bool:
+    """Can pool2d's ``lane_split`` take this pool (see pool2d)?"""
+    N, C, H, W = (int(v) for v in x_shape)
+    OH = int(out_shape[2])
+    R, _ = pool_size
+    sh, _ = strides
+    pt = padding[0]
+    if mode != "max" or N != 1 or C not in (32, 64) or OH % 2 or OH < 2:
+        return False
+    OH0 = OH // 2
+    shift = OH0 * sh
+    # the lower band's windows stay inside the input; its halo rows fit after its rows
+    return (OH0 - 1) * sh + R - 1 - pt + shift <= H - 1 and 0 <= pt <= shift and OH0 * sh - pt >= 0
+
+
+def lane_split_geometry(out_shape, strides, padding):
+    """(shift, halo) of the two-band lane layout: band 1 (output rows OH/2..) reads input rows
+    from ``shift`` = OH/2 * sh on, and ``halo`` = pt rows before it."""
+    return (int(out_shape[2]) // 2 * strides[0], int(padding[0]))

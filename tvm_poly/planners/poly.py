@@ -334,6 +334,49 @@ def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops,
     return best
 
 
+def _lane_pairs(steps, resident, graph, root, max_moving_free: int, notes) -> list:
+    """A conv whose SBUF-resident 32/64-channel output only a stride-2 max pool reads (ResNet's,
+    DenseNet's, Inception's stem): the conv also writes the pool's lower row band onto the idle
+    lanes 64..127 of the output's byte range (``conv2d(lane_dup)``: a second copy of the weights in
+    the stationary, free on the Tensor engine) and the pool runs both bands side by side on 128
+    lanes straight from that buffer (``pool2d(lane_split)``), instead of copying the input onto 128
+    lanes by SBUF->SBUF DMA.  Both kernels get the param ``lane_pair = (shift, halo)``."""
+    from target.codegen.pool import lane_split_geometry, lane_split_ok
+
+    tm = graph.tensor_map
+    readers = {}
+    for i, g in enumerate(steps):
+        for t in g.inputs:
+            readers.setdefault(root(t), set()).add(i)
+    out = list(steps)
+
+    def with_param(g, kv):
+        return GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(g.params + (kv,))))
+    for i, g in enumerate(steps):
+        if g.kind != "conv2d" or g.output not in resident or any(g.param(k) for k in ("rows", "images", "residual")):
+            continue
+        rd = readers.get(g.output, set())
+        if len(rd) != 1:
+            continue
+        (j,) = rd
+        p = steps[j]
+        if p.kind != "pool" or p.inputs[0] != g.output or p.output not in resident or \
+                any(p.param(k) for k in ("rows", "images")) or p.param("layout", "NCHW") != "NCHW":
+            continue
+        xs, os_ = tm[g.output].shape, tm[p.output].shape
+        pad = tuple(p.param("padding", (0, 0, 0, 0)))
+        pad = (pad[0], pad[1], pad[0], pad[1]) if len(pad) == 2 else pad
+        strides = tuple(p.param("strides", (1, 1)))
+        if int(xs[3]) > max_moving_free or tuple(p.param("dilation", (1, 1))) != (1, 1) or \
+                not lane_split_ok(xs, os_, tuple(p.param("pool_size")), strides, pad, p.param("mode")):
+            continue
+        geo = lane_split_geometry(os_, strides, pad)
+        out[i], out[j] = with_param(g, ("lane_pair", geo)), with_param(p, ("lane_pair", geo))
+        notes.append(f"lane pair: {g.tag} writes {p.tag}'s lower band on lanes {int(xs[1])}.."
+                     f"{2 * int(xs[1])} (rows from {geo[0]}, {geo[1]} halo rows); the pool runs both bands at once")
+    return out
+
+
 def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -> PolyPlan:
     t0 = time.perf_counter()
     if config is None or not hasattr(config, "sbuf_partitions"):
@@ -616,6 +659,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
     for t in graph.tensors:
         if t.name not in aliased and not t.is_constant:
             placements.append(TensorPlacement(t.name, "hbm"))
+    steps = _lane_pairs(steps, resident, graph, root, int(getattr(config, "max_moving_free", 512)), notes)
 
     floor = None
     if pm is not None:
