@@ -202,8 +202,10 @@ def test_console_script_default_resnet50(tmp_path):
     r = json.loads(rep.read_text())
     # PE work: the model's 4.09 G MACs plus the residual adds accumulated into PSUM by identity
     # matmuls (K = 128 per output element of the 16 shortcut adds: 0.71 G), less the zero-padding
-    # taps that convs reading SBUF-resident inputs skip (clipped taps: ~0.13 G)
-    assert r["host_ops"] == [] and 4.6e9 < r["macs"] < 4.85e9
+    # taps that convs reading SBUF-resident inputs skip (clipped taps: ~0.13 G), plus the second
+    # copy of the output that the stem and the stage-1 3x3 convs' producers write onto idle lanes
+    # (doubled stationary columns: ~0.25 G)
+    assert r["host_ops"] == [] and 4.8e9 < r["macs"] < 5.0e9
     assert r["outputs"] == {"gpu_0/softmax_1": {"shape": [1, 1000], "dtype": "float32"}}
 
 

@@ -155,3 +155,40 @@ def test_no_lane_pair_when_the_conv_output_has_another_reader():
     assert not any(k.param("lane_pair") for k in cp.plan.groups)
     outs, _ = cp.run(inputs)
     assert rel_err(outs[y], ref) <= TOL["float32"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("C,k,stride,pad", [
+    (64, 3, 1, 1),   # ResNet stage-1 3x3
+    (64, 3, 2, 1),   # strided
+    (32, 5, 1, 2),   # Inception-style 5x5 on 32 channels
+])
+def test_row_pairs_contract_two_taps_per_matmul(C, k, stride, pad, dtype):
+    """A 1x1 conv writes its resident C-channel output also one row up on lanes C..2C; the padded
+    kxk conv reading it contracts row taps (r, r+1) in one matmul (K = 2C)."""
+    rng = np.random.default_rng(7)
+    H = 12
+    b = GraphBuilder()
+    x = b.input("x", (1, C, H, H))
+    w1 = (rng.standard_normal((C, C, 1, 1)) / np.sqrt(C)).astype(np.float32)
+    a = b.op("conv2d", [x, b.const("w1", w1)], (1, C, H, H), strides=(1, 1), padding=(0, 0, 0, 0), groups=1,
+             dilation=(1, 1))
+    r = b.op("relu", [a], (1, C, H, H))
+    w2 = (rng.standard_normal((48, C, k, k)) / np.sqrt(C * k * k)).astype(np.float32)
+    xv = rng.standard_normal((1, C, H, H)).astype(np.float32)
+    rv = np.maximum(conv_ref(xv, w1, (1, 1), (0, 0, 0, 0)), 0)
+    ref = conv_ref(rv, w2, (stride, stride), (pad,) * 4)
+    y = b.op("conv2d", [r, b.const("w2", w2)], ref.shape, strides=(stride, stride), padding=(pad,) * 4, groups=1,
+             dilation=(1, 1))
+    cp = compile_graph(b.build(y), "inf2", planner="poly", dtype=dtype)
+    prod, cons = _kernel_of(cp, a), _kernel_of(cp, y)
+    assert prod.param("row_dup") == (1, 0, 1) and cons.param("pair_rows")
+    outs, _ = cp.run({"x": xv})
+    assert rel_err(outs[y], ref) <= TOL[dtype]
+    mms = [i for i in cp.program.stream("tensor") if i.tag == cons.tag]
+    pairs = [i for i in mms if i.stationary.num_partitions == 2 * C]
+    singles = [i for i in mms if i.stationary.num_partitions == C]
+    # one accumulation group per PSUM block; each row pair saves one matmul per column tap
+    blocks = sum(1 for i in mms if i.start)
+    n_pairs = len(range(pad, k - 1, 2))  # pairs (r, r+1) from the first row tap valid everywhere
+    assert pairs and len(pairs) + len(singles) == len(mms) <= blocks * (k * k - k * n_pairs)

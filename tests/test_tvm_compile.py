@@ -61,9 +61,10 @@ def test_resnet50_fully_offloaded_and_reported(resnet):
         assert k in rep, k
     assert rep["planner"] == "poly" and rep["config"] == "inf2" and rep["host_ops"] == []
     # ResNet-50 has 4.1 GMACs (+0.71 G of PE work for the 16 residual adds accumulated into PSUM
-    # by identity matmuls, less the zero-padding taps that clipped-tap convs skip); every weight is
-    # read from HBM at least once
-    assert 4.6e9 < rep["macs"] < 4.85e9
+    # by identity matmuls, less the zero-padding taps that clipped-tap convs skip, plus the lane
+    # copies that the stem and the stage-1 producers write with doubled stationaries); every weight
+    # is read from HBM at least once
+    assert 4.8e9 < rep["macs"] < 5.0e9
     weight_bytes = sum(int(np.prod(t.dims)) * 4 for t in resnet["model"].graph.initializer)
     assert rep["hbm_read_bytes"] >= weight_bytes
     assert rep["cycles"] > rep["macs"] / (128 * 128)

@@ -82,7 +82,7 @@ def _out_hw(H, W, R, S, stride, pad):
 
 def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, groups: int,
            const, scale=None, bias=None, func: str = "identity", cdt: str = "fp32", residual: Value = None,
-           prefetch: bool = False, pinned=None, weight_slot=None, lane_dup=None):
+           prefetch: bool = False, pinned=None, weight_slot=None, lane_dup=None, pair_rows: bool = False):
     """weight: [K, C/groups, R, S] numpy; scale/bias: [K] numpy or None (folded at compile time);
     const(name, array, dtype) -> Value creates compile-time HBM constants.  ``residual`` (same
     shape as ``out``): out = func(conv * scale + bias + residual); the residual is accumulated
@@ -99,7 +99,13 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     holds the weights twice side by side (free: a matmul's cost does not depend on its columns), so
     PSUM lanes K..2K carry a second copy of every output pixel, and output rows [shift, OH) are also
     written to lanes K..2K at row - shift, rows [shift - halo, shift) after them (at OH - shift ..):
-    the two-band lane layout the following pool reads in place (pool2d's ``lane_split``)."""
+    the two-band lane layout the following pool reads in place (pool2d's ``lane_split``).  A third
+    element z zeroes the z lane-block rows after them (``(1, 0, 1)``: the input shifted one row up
+    for a ``pair_rows`` consumer, its last row the bottom padding).
+    ``pair_rows``: the SBUF-resident input (C = 32/64 channels) holds on lanes C..2C its rows
+    shifted up by one (the producer's ``lane_dup=(1, 0, 1)``), so taps (r, s) and (r+1, s) are ONE
+    matmul with K = 2C rows (stationary [W_r; W_r+1]): a 3x3 conv makes 6 matmuls per pixel
+    block instead of 9."""
     N, C, H, W = x.shape
     K, Cg, R, S = weight.shape
     sh, sw = stride
@@ -182,6 +188,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         raise CodegenError(f"conv2d lane_dup needs a resident single-image output of 32 or 64 channels "
                            f"with whole-row pixel blocks and no residual (got K={K}, N={N}, OW={OW})")
     Mm = 2 * Mk if dup else Mk  # stationary columns = PSUM lanes
+    if dup and len(lane_dup) > 2 and lane_dup[2]:  # zero rows after the lane block's rows
+        z0 = OH - lane_dup[0] + lane_dup[1]
+        wide_o = dataclasses.replace(out.sbuf, partitions=2 * Mk)
+        em.memset(wide_o.ap((lane_dup[2] * OW,), (1,), z0 * OW, partitions=Mk, start=Mk), 0.0)
 
     # ---------------------------------------------------------------- epilogue columns
     cols, c0, own_cols = None, 0, False
@@ -217,6 +227,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     # ---------------------------------------------------------------- contraction blocks
     wext = np.zeros((K + 1, C + 1, R, S), np.float32)
     wext[:K, :C] = w
+    pairing, wsingle = False, None  # row-pair packing (channel mode, ``pair_rows``)
     if packed:
         # partitions = (c, r, s0) with s = s0 + sw*s1; taps s1 become moving-AP column offsets.
         # s0 over all of S ("full im2col", fewest matmuls) or over S mod sw ("phase packing",
@@ -279,6 +290,11 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             g = max(1, (budget // 2) // max(per_kt, 1))
             kgroups = [list(range(i, min(KT, i + g))) for i in range(0, KT, g)]
         wconsts, blk_off, blocks_by_jk = [], {}, {}
+        pairing = pair_rows and clip and C in (32, 64) and CT == 1 and groups == 1 and len(kgroups) == 1 \
+            and weight_slot is None and x.base is None and N == 1 and x.images == 1 and full_r[0] + 1 < R
+        if pair_rows and not pairing:
+            raise CodegenError(f"conv2d {x.shape}->{out.shape}: pair_rows needs a resident single-image "
+                               f"32/64-channel input read with clipped taps")
         # tap packing ("full PE rows" for C <= 64): partition block i (rows i*C..) holds the
         # padded input shifted left by i columns, so taps (r, s..s+g-1) are ONE matmul with
         # K = g*C rows.  Needs the padded path (pl >= g-1 keeps the shifted copy in the tile).
@@ -303,7 +319,31 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                     blocks_by_jk[jk].append((0, ti))
                     blk_parts[(0, ti)] = gs * C
             wconsts.append(arr.reshape(wparts, -1))
-        for grp in (kgroups if tpack == 1 else []):
+        if pairing:
+            # taps (r, r+1) from the first row tap valid everywhere down: pairs (lanes 0..C tap r,
+            # lanes C..2C tap r+1 through the shifted copy); the other rows single
+            prs = list(range(full_r[0], R - 1, 2))
+            singles = [r for r in range(R) if r not in set(prs) | {r + 1 for r in prs}]
+            pb = [(jk, r, q) for jk in range(KT) for r in prs for q in range(S)]
+            sb = [(jk, r, q) for jk in range(KT) for r in singles for q in range(S)]
+            arr = np.zeros((2 * C, len(pb), Mk), np.float32)
+            for b, (jk, r, q) in enumerate(pb):
+                arr[:C, b] = A[jk, :, 0, :, r * S + q].T
+                arr[C:, b] = A[jk, :, 0, :, (r + 1) * S + q].T
+                blk_off[(0, R * S + r * S + q, jk)] = b * Mk
+                blk_parts[(0, R * S + r * S + q)] = 2 * C
+            arr_s = np.zeros((C, max(1, len(sb)), Mk), np.float32)
+            for b, (jk, r, q) in enumerate(sb):
+                arr_s[:, b] = A[jk, :, 0, :, r * S + q].T
+                blk_off[(0, r * S + q, jk)] = (len(pb) + b) * Mk
+                blk_parts[(0, r * S + q)] = C
+            for jk in range(KT):
+                blocks_by_jk[jk] = [(0, R * S + r * S + q) for (k2, r, q) in pb if k2 == jk] + \
+                    [(0, r * S + q) for (k2, r, q) in sb if k2 == jk]
+            wparts = 2 * C
+            wconsts.append(arr.reshape(2 * C, -1))
+            wsingle = arr_s.reshape(C, -1) if sb else None
+        for grp in (kgroups if tpack == 1 and not pairing else []):
             blist = [(j, t, jk) for jk in grp for j in range(CT) if nz[jk, j] for t in range(R * S)]
             arr = np.zeros((cm.parts, max(1, len(blist)), Mk), np.float32)
             for b, (j, t, jk) in enumerate(blist):
@@ -317,6 +357,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     # dup: the weights twice, [W_0 .. W_n | W_0 .. W_n] (loaded once, the second half copied on
     # chip); block b's stationary is the 2-D pattern (2, Mk) over both halves = [W_b | W_b]
     wsize = max(a.shape[1] for a in wconsts) * (2 if dup else 1)
+    if wsingle is not None:
+        wsize += wsingle.shape[1]
     kept = None  # (tile, already loaded) when the planner's slot keeps the weights across calls
     if weight_slot is not None and len(kgroups) == 1:
         wt, cache = weight_slot
@@ -325,6 +367,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             kept = (wt, held is not None and held.shape == wconsts[0].shape and np.array_equal(held, wconsts[0]))
             cache["weights"] = wconsts[0]
     wvals = [None if kept and kept[1] else const(f"{tagbase}/w{gi}", a, cdt) for gi, a in enumerate(wconsts)]
+    wsval = const(f"{tagbase}/w0s", wsingle, cdt) if wsingle is not None else None
     wpool = None if kept else em.pool("sbuf", wparts, wsize * it, cdt, 1 if len(kgroups) == 1 else 2, "conv_w")
     em.note(weights="kept" if kept and kept[1] else "slot" if kept else "loaded")
 
@@ -507,8 +550,16 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             base, row, roff = pt_, Wp, 0
             pofs = [j * plane for j in range(CT)]
 
+        wide = dataclasses.replace(base, partitions=2 * C) if pairing else None
+
         def mov(blk, t0, nr, ow0, nw):
             j, t = blk
+            if pairing and t >= R * S:  # a (r, r+1) pair: both lane blocks of the input
+                r, s = divmod(t - R * S, S)
+                off = pofs[j] + (t0 * sh + r + roff) * row + ow0 * sw + s + cshift
+                if nr == 1:
+                    return wide.ap((nw,), (sw,), off, partitions=2 * C)
+                return wide.ap((nr, nw), (sh * row, sw), off, partitions=2 * C)
             if tpack > 1:
                 r, sg = divmod(t, -(-S // tpack))
                 s, npart = sg * tpack, blk_parts[blk]
@@ -539,6 +590,11 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         if dup:
             em.copy(t.ap((a.shape[1],), elem_offset=a.shape[1], partitions=a.shape[0]),
                     t.ap((a.shape[1],), partitions=a.shape[0]), stream="gpsimd")
+        if wsval is not None:  # the single (unpaired) taps after the pairs, on lanes 0..C
+            n1 = wsingle.shape[1]
+            em.dma_split(t.ap((n1,), elem_offset=a.shape[1], partitions=C),
+                         wsval.flat_ap(0, C, n1, (n1,), (1,)),
+                         piece_bytes=WEIGHT_PIECE_BYTES, min_piece=PREFETCH_MIN_PIECE if prefetch else None)
         return t
 
     def resident_off(v, n, jk, nk, pix):
@@ -621,7 +677,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                     rows_ap(ot, o_off, nr, nw, nk)
                 em.act(dst_o, dst, func=func, scale=sc, bias=bb)
                 if dup:  # the second lane block: rows past the shift (and the halo rows before it)
-                    shift, halo = lane_dup
+                    shift, halo = lane_dup[:2]
                     wide = dataclasses.replace(out.sbuf, partitions=2 * nk)
                     a, b_ = oh0 + t0, oh0 + t0 + nr
                     for r0, r1, local in ((max(a, shift), b_, max(a, shift) - shift),
@@ -672,7 +728,7 @@ def _clipped(blks, ps, nk, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl,
     first = None
     for blk in blks:
         j, t = blk
-        r, q = divmod(t, S)
+        r, q = divmod(t % (R * S), S)  # a row pair (t >= R*S) is valid where its first tap is
         lo_t = max(t0, -(-(pt - r - oh0 * sh) // sh))
         hi_t = min(t0 + nr, (H - 1 + pt - r - oh0 * sh) // sh + 1)
         lo_w = max(ow0, -(-(pl - q) // sw))
