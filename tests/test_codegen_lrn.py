@@ -99,3 +99,32 @@ def test_power(e):
     xv = np.random.default_rng(3).uniform(0.1, 4, (3, 50, 70)).astype(np.float32)
     outs, _ = cp.run({"x": xv})
     assert rel_err(outs[y], xv.astype(np.float64) ** e) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("C,resident", [(96, True), (256, False)])
+def test_lrn_reads_and_writes_resident_tensors_in_place(C, resident, dtype):
+    """poly keeps an LRN's input and output in SBUF when they have at most 128 channels (one per
+    partition): the kernel reads and writes them in place, no DMA at all; wider tensors (blocked
+    layout) stay in HBM."""
+    from target import isa
+
+    rng = np.random.default_rng(1)
+    shape = (1, C, 9, 9)
+    b = GraphBuilder()
+    x = b.input("x", shape)
+    r = b.op("relu", [x], shape)
+    y = lrn_chain(b, r, shape, 5, 1e-3, 0.75, 1.0)
+    z = b.op("sigmoid", [y], shape)
+    cp = compile_graph(b.build(z), "inf2", planner="poly", dtype=dtype)
+    (k,) = [g for g in cp.plan.groups if g.kind == "lrn"]
+    xv = (rng.standard_normal(shape) * 3).astype(np.float32)
+    outs, _ = cp.run({"x": xv})
+    assert rel_err(outs[z], 1 / (1 + np.exp(-lrn_ref(np.maximum(xv, 0), 5, 1e-3, 0.75, 1.0)))) <= TOL[dtype]
+    placed = {cp.plan.placement(t).placement for t in (k.inputs[0], k.output)}
+    dmas = [i for _, st in cp.program.streams for i in st if isinstance(i, isa.DmaCopy) and i.tag == k.tag]
+    if resident:
+        assert placed == {"sbuf"}
+        assert all(i.src.mem == isa.Mem.HBM and i.dst.mem == isa.Mem.SBUF for i in dmas)  # the band matrix only
+    else:
+        assert placed == {"hbm"}

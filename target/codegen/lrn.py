@@ -81,8 +81,15 @@ def channel_window(em: Emitter, x: Value, out: Value, B: np.ndarray, size: int, 
     ppool = em.pool("psum", min(P, C), MM * 4, "fp32", 4, f"{name}_ps")
     steps = [(n, f0, min(fch, F - f0)) for n in range(N) for f0 in range(0, F, fch)]
 
+    # an SBUF-resident operand of at most 128 channels (one per partition, the row-split layout)
+    # is read / written in place: no SBUF->SBUF copies around the kernel
+    x_in = x.sbuf is not None and x.base is None and T == 1 and channel_axis == 1
+    o_in = out.sbuf is not None and out.base is None and T == 1 and channel_axis == 1
+
     def load(step):
         n, f0, nf = step
+        if x_in:
+            return [x.chan_ap(n, 0, C, f0, (nf,), (1,))]
         xs = []
         for t, (c0, nc) in enumerate(tiles):
             xt = xpool[t].next().ap((nf,), partitions=nc)
@@ -114,7 +121,8 @@ def channel_window(em: Emitter, x: Value, out: Value, B: np.ndarray, size: int, 
                     d0, nd = tiles[i]
                     em.matmul(ps, band.ap((nc,), elem_offset=i * C + c0, partitions=nd),
                               _sub(mv[i], m0, mm, nd), start=(k == 0), stop=(k == len(rs) - 1))
-                o = ots[j].ap((mm,), elem_offset=m0, partitions=nc)
+                o = out.chan_ap(n, 0, C, f0 + m0, (mm,), (1,)) if o_in else \
+                    ots[j].ap((mm,), elem_offset=m0, partitions=nc)
                 if mode == "lrn":
                     tt = tpool.next().ap((mm,), partitions=nc)
                     em.act(tt, ps, func="log", scale=float(alpha), bias=float(bias))
@@ -122,7 +130,7 @@ def channel_window(em: Emitter, x: Value, out: Value, B: np.ndarray, size: int, 
                     em.tt(o, _sub(xs[j], m0, mm, nc), tt, op="multiply")
                 else:
                     em.copy(o, ps)
-        for j, (c0, nc) in enumerate(tiles):
+        for j, (c0, nc) in enumerate(tiles if not o_in else ()):
             em.dma_split(out.chan_ap(n, c0, nc, f0, (nf,), (1,), channel_axis=channel_axis),
                          ots[j].ap((nf,), partitions=nc))
     for pl in xpool + (qpool or []) + opool + [tpool, ppool]:
