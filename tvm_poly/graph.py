@@ -17,6 +17,8 @@ Node names are the binding var names (``lv16``); tensor names are Relax var name
 """
 from __future__ import annotations
 
+from functools import cached_property
+from types import MappingProxyType
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -82,20 +84,26 @@ class OpGraph:
     name: str = "main"
 
     def tensor(self, name) -> TensorInfo:
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        raise KeyError(name)
+        return self._tensors_by_name[name]
 
     @property
-    def tensor_map(self) -> dict:
-        return {t.name: t for t in self.tensors}
+    def tensor_map(self):
+        """name -> TensorInfo (a read-only view of a map built once per graph)."""
+        return MappingProxyType(self._tensors_by_name)
 
     def node(self, name) -> OpNode:
+        return self._nodes_by_name[name]
+
+    @cached_property
+    def _tensors_by_name(self) -> dict:
+        return {t.name: t for t in self.tensors}
+
+    @cached_property
+    def _nodes_by_name(self) -> dict:
+        out = {}
         for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(name)
+            out.setdefault(n.name, n)  # the first node of a name, as the linear scan found it
+        return out
 
     def producer(self, tensor) -> Optional[OpNode]:
         for n in self.nodes:
