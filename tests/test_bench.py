@@ -77,3 +77,26 @@ def test_compulsory_floor_counts_weights_in_compute_dtype():
     g = gb.build(gb.op("matmul", [x, w], (1, 4)))
     assert bench.compulsory_bytes(g, "float32") == 8 * 4 + 32 * 4 + 4 * 4
     assert bench.compulsory_bytes(g, "bfloat16") == 8 * 4 + 32 * 2 + 4 * 4
+
+
+def test_latency_profile_script(capsys):
+    """scripts/latency_profile.py (the probes behind notes/planner.md): its DMA work never exceeds
+    the simulated latency and every queue finishes by the end."""
+    import re
+    import runpy
+    import sys
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "latency_profile.py")
+    argv, sys.argv = sys.argv, ["latency_profile.py", "squeezenet", "--bucket", "50"]
+    try:
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(path, run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    lat = float(re.search(r": ([\d.]+) us, HBM", out).group(1))
+    work = float(re.search(r"DMA work: summed queue busy time / \d+ = ([\d.]+) us", out).group(1))
+    last = float(re.search(r"queues finish between [\d.]+ and ([\d.]+) us", out).group(1))
+    assert 0 < work <= lat and last <= lat + 1e-6
+    assert "Tensor-engine gaps" in out and "per kernel" in out
