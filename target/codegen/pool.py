@@ -171,9 +171,13 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                 grp = bl[g0:g0 + G]
                 rpb = (bo - 1) * sh + R
                 gp = parts * len(grp)
+                fill = NEG if mode == "max" else 0.0  # padding never wins a max / adds nothing to a sum
+                if G == 1 and _pool_in_place(em, x, out, n, grp[0], min(bo, OH - grp[0]), C, H, W, OH, OW, CT,
+                                             parts, R, S, sh, sw, pt, pl, op, fill, mode, divmap, partial,
+                                             cm.blocked or CT == 1, it, cdt):
+                    continue
                 xt = em.sbuf_tile(gp, CT * rpb * W * it, cdt, "pool_x")
                 tiles = [xt]
-                fill = NEG if mode == "max" else 0.0  # padding never wins a max / adds nothing to a sum
                 nbo_max = 0
                 for i, oh0 in enumerate(grp):
                     nbo = min(bo, OH - oh0)
@@ -225,6 +229,30 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                 em.free(*tiles)
     if divmap is not None:
         em.free(divmap)
+
+
+def _pool_in_place(em, x, out, n, oh0, nbo, C, H, W, OH, OW, CT, parts, R, S, sh, sw, pt, pl, op, fill,
+                   mode, divmap, partial, direct, it, cdt) -> bool:
+    """One band (output rows [oh0, oh0+nbo) of image n) straight from an SBUF-resident input into an
+    SBUF-resident output, when the band's input rows all exist (no padding rows to fill) and the
+    layout is the blocked / one-tile mapping: no SBUF->SBUF load of the input, no store of the
+    result.  Returns False (nothing emitted) when it does not apply."""
+    rp = (nbo - 1) * sh + R
+    r0 = oh0 * sh - pt  # first input row
+    if not (direct and not partial and divmap is None and x.sbuf is not None and out.sbuf is not None
+            and x.base is None and out.base is None and 0 <= r0 and r0 + rp <= H):
+        return False
+    xo = (x.flat_ap(n * C * H * W + r0 * W, parts, CT * H * W, (1,), (1,)).offset - x.sbuf.offset) // it
+    oo = (out.flat_ap(n * C * OH * OW + oh0 * OW, parts, CT * OH * OW, (1,), (1,)).offset - out.sbuf.offset) // it
+    tmp = em.sbuf_tile(parts, CT * rp * OW * it, cdt, "pool_tmp")
+    _column_pass(em, x.sbuf.ap, (H * W, W), tmp.ap, (rp * OW, OW), CT, rp, W, OW, S, sw, pl, op, fill,
+                 {"src_offset": xo, "partitions": parts})
+    ov = out.sbuf.ap((CT, nbo, OW), (OH * OW, OW, 1), oo, partitions=parts)
+    _row_pass(em, ov, tmp, rp * OW, 0, CT, nbo, OW, R, sh, op, cdt, {"partitions": parts})
+    if mode == "avg":
+        em.act(ov, ov, scale=1.0 / (R * S))
+    em.free(tmp)
+    return True
 
 
 def _column_pass(em, src, src_st, dst, dst_st, CT, rows, W, OW, S, sw, pl, op, fill, lanes):
