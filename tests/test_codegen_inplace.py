@@ -2,7 +2,8 @@
 
 * a padded conv reads its resident input with *clipped taps* (each tap's matmul covers only the
   output pixels whose input pixel exists) instead of a zeroed padded copy;
-* a windowed pool handles padding by clipping its column taps (no padded copy either);
+* a windowed pool handles padding by clipping its column taps (no padded copy either:
+  tests/test_codegen_pool.py::test_pool);
 * a global pool reduces its resident input straight into its resident output, and the
   classifier's matmul uses that row as its stationary operand (the pool -> FC handoff used to
   go through HBM).
@@ -57,26 +58,6 @@ def test_padded_conv_reads_resident_input_in_place(xs, ws, stride, pad, clipped,
         assert any(i.dst.free_elems < full for i in mms)
     else:
         assert copies, "without a tap valid everywhere the conv falls back to the padded copy"
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("xs,mode,k,s,pad,ohw", [
-    ((1, 64, 20, 20), "max", (3, 3), (2, 2), (1, 1, 1, 1), (10, 10)),
-    ((1, 64, 9, 9), "max", (3, 3), (2, 2), (0, 0, 1, 1), (5, 5)),      # ceil mode: extra row/column
-    ((1, 96, 9, 9), "avg", (3, 3), (1, 1), (1, 1, 1, 1), (9, 9)),
-])
-def test_padded_pool_makes_no_padded_copy(xs, mode, k, s, pad, ohw, dtype):
-    rng = np.random.default_rng(2)
-    b = GraphBuilder()
-    x = b.input("x", xs)
-    y = b.op("max_pool2d" if mode == "max" else "avg_pool2d", [x], xs[:2] + ohw, pool_size=k, strides=s,
-             padding=pad, count_include_pad=False, layout="NCHW", dilation=(1, 1))
-    cp = compile_graph(b.build(y), "inf2", dtype=dtype)
-    xv = rng.standard_normal(xs).astype(np.float32)
-    outs, _ = cp.run({"x": xv})
-    assert rel_err(outs[y], pool_ref(xv, mode, k, s, pad, ohw)) <= TOL[dtype]
-    # the only copies are the first column tap (Vector); no padded copy on GpSimd
-    assert not any(isinstance(i, isa.TensorCopy) for i in cp.program.stream("gpsimd"))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -5,7 +5,9 @@ p*CT + j on partition p -> the whole input is one DMA with CT*H*W contiguous ele
 partition).  Global pooling is one TensorReduce over the free axis.  Windowed pooling is
 separable: a column pass (S taps over a strided AP covering every plane at once), then a row
 pass (R taps).  Padding costs no copy: tile rows outside the input are filled with -inf (max)
-or 0 (avg) and each column tap covers only the output columns whose input column exists; avg divides by the window size, or by the per-position valid count when padding is excluded.
+or 0 (avg) and each column tap covers only the output columns whose input column exists; avg
+divides by the window size, or by the per-position valid count when padding is excluded.
+SBUF-resident operands are read and written in place where the layout allows.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from target import isa
-from .conv import ChanMap
+from .conv import ChanMap, _rel
 from .emitter import AllocationError, CodegenError, Emitter
 from .values import Value
 
@@ -149,6 +151,30 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
         em.free(ident)
         em.free(tmp)
     else:
+        fill = NEG if mode == "max" else 0.0  # padding never wins a max / adds nothing to a sum
+        in_place = (cm.blocked or CT == 1) and not partial and divmap is None and x.sbuf is not None \
+            and out.sbuf is not None and x.base is None and out.base is None
+
+        def band_in_place(n, oh0, nbo) -> bool:
+            """Output rows [oh0, oh0+nbo) of image n straight from the SBUF-resident input into the
+            resident output when the band's input rows all exist (no padding rows to fill): no
+            SBUF->SBUF load of the input, no store of the result.  False: nothing emitted."""
+            rp = (nbo - 1) * sh + R
+            r0 = oh0 * sh - pt  # first input row
+            if not (in_place and 0 <= r0 and r0 + rp <= H):
+                return False
+            xo = _rel(x.sbuf, x.flat_ap(n * C * H * W + r0 * W, parts, CT * H * W, (1,), (1,)))
+            oo = _rel(out.sbuf, out.flat_ap(n * C * OH * OW + oh0 * OW, parts, CT * OH * OW, (1,), (1,)))
+            tmp = em.sbuf_tile(parts, CT * rp * OW * it, cdt, "pool_tmp")
+            _column_pass(em, x.sbuf.ap, (H * W, W), tmp.ap, (rp * OW, OW), CT, rp, W, OW, S, sw, pl, op, fill,
+                         {"src_offset": xo, "partitions": parts})
+            ov = out.sbuf.ap((CT, nbo, OW), (OH * OW, OW, 1), oo, partitions=parts)
+            _row_pass(em, ov, tmp, rp * OW, 0, CT, nbo, OW, R, sh, op, cdt, {"partitions": parts})
+            if mode == "avg":
+                em.act(ov, ov, scale=1.0 / (R * S))
+            em.free(tmp)
+            return True
+
         def band_bytes(bo):
             rp = (bo - 1) * sh + R
             return CT * it * (rp * W + rp * OW + bo * OW)
@@ -171,10 +197,7 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                 grp = bl[g0:g0 + G]
                 rpb = (bo - 1) * sh + R
                 gp = parts * len(grp)
-                fill = NEG if mode == "max" else 0.0  # padding never wins a max / adds nothing to a sum
-                if G == 1 and _pool_in_place(em, x, out, n, grp[0], min(bo, OH - grp[0]), C, H, W, OH, OW, CT,
-                                             parts, R, S, sh, sw, pt, pl, op, fill, mode, divmap, partial,
-                                             cm.blocked or CT == 1, it, cdt):
+                if G == 1 and band_in_place(n, grp[0], min(bo, OH - grp[0])):
                     continue
                 xt = em.sbuf_tile(gp, CT * rpb * W * it, cdt, "pool_x")
                 tiles = [xt]
@@ -229,30 +252,6 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                 em.free(*tiles)
     if divmap is not None:
         em.free(divmap)
-
-
-def _pool_in_place(em, x, out, n, oh0, nbo, C, H, W, OH, OW, CT, parts, R, S, sh, sw, pt, pl, op, fill,
-                   mode, divmap, partial, direct, it, cdt) -> bool:
-    """One band (output rows [oh0, oh0+nbo) of image n) straight from an SBUF-resident input into an
-    SBUF-resident output, when the band's input rows all exist (no padding rows to fill) and the
-    layout is the blocked / one-tile mapping: no SBUF->SBUF load of the input, no store of the
-    result.  Returns False (nothing emitted) when it does not apply."""
-    rp = (nbo - 1) * sh + R
-    r0 = oh0 * sh - pt  # first input row
-    if not (direct and not partial and divmap is None and x.sbuf is not None and out.sbuf is not None
-            and x.base is None and out.base is None and 0 <= r0 and r0 + rp <= H):
-        return False
-    xo = (x.flat_ap(n * C * H * W + r0 * W, parts, CT * H * W, (1,), (1,)).offset - x.sbuf.offset) // it
-    oo = (out.flat_ap(n * C * OH * OW + oh0 * OW, parts, CT * OH * OW, (1,), (1,)).offset - out.sbuf.offset) // it
-    tmp = em.sbuf_tile(parts, CT * rp * OW * it, cdt, "pool_tmp")
-    _column_pass(em, x.sbuf.ap, (H * W, W), tmp.ap, (rp * OW, OW), CT, rp, W, OW, S, sw, pl, op, fill,
-                 {"src_offset": xo, "partitions": parts})
-    ov = out.sbuf.ap((CT, nbo, OW), (OH * OW, OW, 1), oo, partitions=parts)
-    _row_pass(em, ov, tmp, rp * OW, 0, CT, nbo, OW, R, sh, op, cdt, {"partitions": parts})
-    if mode == "avg":
-        em.act(ov, ov, scale=1.0 / (R * S))
-    em.free(tmp)
-    return True
 
 
 def _column_pass(em, src, src_st, dst, dst_st, CT, rows, W, OW, S, sw, pl, op, fill, lanes):
@@ -317,7 +316,7 @@ def lane_split_ok(x_shape, out_shape, pool_size, strides, padding, mode) -> bool
     OH0 = OH // 2
     shift = OH0 * sh
     # the lower band's windows stay inside the input; its halo rows fit after its rows
-    return (OH0 - 1) * sh + R - 1 - pt + shift <= H - 1 and 0 <= pt <= shift and OH0 * sh - pt >= 0
+    return (OH0 - 1) * sh + R - 1 - pt + shift <= H - 1 and 0 <= pt <= shift
 
 
 def lane_split_geometry(out_shape, strides, padding):
