@@ -74,6 +74,16 @@ class ChanMap:
         return idx
 
 
+def full_taps(H, W, OH, OW, R, S, stride, pad):
+    """(row taps, column taps) whose input pixel exists for EVERY output pixel of an H x W input
+    (padding (pt, pl, ..)): a clipped-tap conv opens its accumulation group with one of them, a
+    row pair (``pair_rows``) starts at the first row tap."""
+    sh, sw = stride
+    pt, pl = pad[0], pad[1]
+    return ([r for r in range(R) if r >= pt and (OH - 1) * sh + r - pt <= H - 1],
+            [q for q in range(S) if q >= pl and (OW - 1) * sw + q - pl <= W - 1])
+
+
 def _out_hw(H, W, R, S, stride, pad):
     sh, sw = stride
     pt, pl, pb, pr = pad
@@ -175,8 +185,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     # contributes to the output pixels whose input pixel exists, so its matmul covers that
     # sub-rectangle of the PSUM block; a tap valid for every output pixel opens the group.
     # No zeroed padded copy (a GpSimd pass the Tensor engine waited for, and its SBUF).
-    full_r = [r for r in range(R) if r >= pt and (OH - 1) * sh + r - pt <= H - 1]
-    full_s = [q for q in range(S) if q >= pl and (OW - 1) * sw + q - pl <= W - 1]
+    full_r, full_s = full_taps(H, W, OH, OW, R, S, stride, pad)
     clip = res_in and any(pad) and not packed and bool(full_r) and bool(full_s)
     full_tap = (full_r[0], full_s[0]) if clip else None
     Mk = km.parts
@@ -188,9 +197,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         raise CodegenError(f"conv2d lane_dup needs a resident single-image output of 32 or 64 channels "
                            f"with whole-row pixel blocks and no residual (got K={K}, N={N}, OW={OW})")
     Mm = 2 * Mk if dup else Mk  # stationary columns = PSUM lanes
+    wide_o = dataclasses.replace(out.sbuf, partitions=2 * Mk) if dup else None  # both lane blocks
     if dup and len(lane_dup) > 2 and lane_dup[2]:  # zero rows after the lane block's rows
         z0 = OH - lane_dup[0] + lane_dup[1]
-        wide_o = dataclasses.replace(out.sbuf, partitions=2 * Mk)
         em.memset(wide_o.ap((lane_dup[2] * OW,), (1,), z0 * OW, partitions=Mk, start=Mk), 0.0)
 
     # ---------------------------------------------------------------- epilogue columns
@@ -554,13 +563,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
 
         def mov(blk, t0, nr, ow0, nw):
             j, t = blk
+            src = base
             if pairing and t >= R * S:  # a (r, r+1) pair: both lane blocks of the input
-                r, s = divmod(t - R * S, S)
-                off = pofs[j] + (t0 * sh + r + roff) * row + ow0 * sw + s + cshift
-                if nr == 1:
-                    return wide.ap((nw,), (sw,), off, partitions=2 * C)
-                return wide.ap((nr, nw), (sh * row, sw), off, partitions=2 * C)
-            if tpack > 1:
+                (r, s), npart, src = divmod(t - R * S, S), 2 * C, wide
+            elif tpack > 1:
                 r, sg = divmod(t, -(-S // tpack))
                 s, npart = sg * tpack, blk_parts[blk]
             else:
@@ -568,8 +574,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                 npart = cm.nparts(j)
             off = pofs[j] + (t0 * sh + r + roff) * row + ow0 * sw + s + cshift
             if nr == 1:
-                return base.ap((nw,), (sw,), off, partitions=npart)
-            return base.ap((nr, nw), (sh * row, sw), off, partitions=npart)
+                return src.ap((nw,), (sw,), off, partitions=npart)
+            return src.ap((nr, nw), (sh * row, sw), off, partitions=npart)
         return mov
 
     def stat(gi, blk, jk, nk):
@@ -676,15 +682,15 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                 dst_o = rows_ap(out.sbuf, resident_off(out, n, jk, nk, pix), nr, nw, nk) if res_out else \
                     rows_ap(ot, o_off, nr, nw, nk)
                 em.act(dst_o, dst, func=func, scale=sc, bias=bb)
-                if dup:  # the second lane block: rows past the shift (and the halo rows before it)
+                if dup:  # the second lane block: rows past the shift, then the halo rows before it
                     shift, halo = lane_dup[:2]
-                    wide = dataclasses.replace(out.sbuf, partitions=2 * nk)
                     a, b_ = oh0 + t0, oh0 + t0 + nr
+                    h0 = max(a, shift - halo)
                     for r0, r1, local in ((max(a, shift), b_, max(a, shift) - shift),
-                                          (max(a, shift - halo), min(b_, shift), OH - shift + max(a, shift - halo) - (shift - halo))):
+                                          (h0, min(b_, shift), OH - shift + h0 - (shift - halo))):
                         if r1 > r0:
                             sc2, bb2 = epi(jk, nk, start=nk)
-                            em.act(wide.ap(((r1 - r0) * nw,), (1,), local * OW, partitions=nk, start=nk),
+                            em.act(wide_o.ap(((r1 - r0) * nw,), (1,), local * OW, partitions=nk, start=nk),
                                    ps.ap(((r1 - r0) * nw,), (1,), (r0 - a) * nw, partitions=nk, start=nk),
                                    func=func, scale=sc2, bias=bb2)
             if stores_now:

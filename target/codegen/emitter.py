@@ -192,11 +192,22 @@ class _RangeAllocator:
         self.peak = 0
         self.cursor = 0  # next-fit: rotate addresses so consecutive kernels do not reuse them
 
+    def _size(self, nbytes: int) -> int:
+        return max(self.align, -(-nbytes // self.align) * self.align)
+
+    def _take(self, i: int, a: int, n: int) -> int:
+        """Cut [a, a+n) out of free range i."""
+        fa, fb = self.free_list[i]
+        self.free_list[i:i + 1] = ([(fa, a)] if a > fa else []) + ([(a + n, fb)] if a + n < fb else [])
+        self.used += n
+        self.peak = max(self.peak, self.used)
+        return a
+
     def alloc(self, nbytes: int, ready=None) -> int:
         """``ready(offset, nbytes) -> tick``: when the range is free of earlier accesses (the
         emitter's estimate); the range that frees earliest wins (next-fit order on ties), so a
         prefetch is not queued behind a region that is read late."""
-        n = max(self.align, -(-nbytes // self.align) * self.align)
+        n = self._size(nbytes)
         if ready is not None:
             cands = []
             for i, (a, b) in enumerate(self.free_list):
@@ -205,28 +216,16 @@ class _RangeAllocator:
                         cands.append((ready(off, n), (off - self.cursor) % self.size, i, off))
             if cands:
                 _, _, i, a = min(cands)
-                fa, fb = self.free_list[i]
-                pieces = ([(fa, a)] if a > fa else []) + ([(a + n, fb)] if a + n < fb else [])
-                self.free_list[i:i + 1] = pieces
-                self.used += n
-                self.peak = max(self.peak, self.used)
                 self.cursor = (a + n) % self.size
-                return a
+                return self._take(i, a, n)
         order = [i for i, (a, b) in enumerate(self.free_list) if b > self.cursor] + \
                 [i for i, (a, b) in enumerate(self.free_list) if b <= self.cursor]
         for i in order:
             a, b = self.free_list[i]
             a = max(a, self.cursor) if b - max(a, self.cursor) >= n and a < self.cursor else a
             if b - a >= n:
-                fa, fb = self.free_list[i]
-                pieces = [(fa, a)] if a > fa else []
-                if a + n < fb:
-                    pieces.append((a + n, fb))
-                self.free_list[i:i + 1] = pieces
-                self.used += n
-                self.peak = max(self.peak, self.used)
                 self.cursor = (a + n) % self.size
-                return a
+                return self._take(i, a, n)
         raise AllocationError(
             f"{self.what}: cannot allocate {nbytes} B per partition "
             f"({self.used} of {self.size} B in use, largest free range "
@@ -234,18 +233,14 @@ class _RangeAllocator:
 
     def reserve(self, off: int, nbytes: int):
         """Take the exact range [off, off+nbytes) (a planner-chosen resident allocation)."""
-        n = max(self.align, -(-nbytes // self.align) * self.align)
+        n = self._size(nbytes)
         for i, (a, b) in enumerate(self.free_list):
             if a <= off and off + n <= b:
-                pieces = ([(a, off)] if off > a else []) + ([(off + n, b)] if off + n < b else [])
-                self.free_list[i:i + 1] = pieces
-                self.used += n
-                self.peak = max(self.peak, self.used)
-                return off
+                return self._take(i, off, n)
         raise AllocationError(f"{self.what}: range [{off}, {off + n}) is not free")
 
     def free(self, off: int, nbytes: int):
-        n = max(self.align, -(-nbytes // self.align) * self.align)
+        n = self._size(nbytes)
         self.used -= n
         fl = self.free_list + [(off, off + n)]
         fl.sort()

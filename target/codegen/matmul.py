@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from target import isa
-from .conv import PREFETCH_MIN_PIECE  # see conv2d's ``prefetch``
+from .conv import PREFETCH_MIN_PIECE, ChanMap  # the prefetch piece size: see conv2d's ``prefetch``
 from .emitter import CodegenError, Emitter
 from .values import Value, prod
 
@@ -41,7 +41,6 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
         raise CodegenError(f"matmul shapes {a.shape} @ {b.shape} -> {out.shape}")
     P = em.partitions
     it = isa.DTYPES[cdt]
-    from .conv import ChanMap
     km = ChanMap(Kd, P)  # the conv's channel mapping (also over fewer partitions: 544 = 68 x 8)
     blocked, KT, parts = km.blocked, km.T, km.parts
 

@@ -341,6 +341,16 @@ def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops,
     return best
 
 
+def _with_param(g, kv):
+    return GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(g.params + (kv,))))
+
+
+def _pad4(pad) -> tuple:
+    """(top, left, bottom, right) from a 2- or 4-element padding attribute."""
+    pad = tuple(int(p) for p in pad)
+    return (pad[0], pad[1], pad[0], pad[1]) if len(pad) == 2 else pad
+
+
 def _lane_pairs(steps, resident, graph, root, max_moving_free: int, notes) -> list:
     """A conv whose SBUF-resident 32/64-channel output only a stride-2 max pool reads (ResNet's,
     DenseNet's, Inception's stem): the conv also writes the pool's lower row band onto the idle
@@ -356,9 +366,6 @@ def _lane_pairs(steps, resident, graph, root, max_moving_free: int, notes) -> li
         for t in g.inputs:
             readers.setdefault(root(t), set()).add(i)
     out = list(steps)
-
-    def with_param(g, kv):
-        return GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(g.params + (kv,))))
     for i, g in enumerate(steps):
         if g.kind != "conv2d" or g.output not in resident or any(g.param(k) for k in ("rows", "images", "residual")):
             continue
@@ -371,14 +378,13 @@ def _lane_pairs(steps, resident, graph, root, max_moving_free: int, notes) -> li
                 any(p.param(k) for k in ("rows", "images")) or p.param("layout", "NCHW") != "NCHW":
             continue
         xs, os_ = tm[g.output].shape, tm[p.output].shape
-        pad = tuple(p.param("padding", (0, 0, 0, 0)))
-        pad = (pad[0], pad[1], pad[0], pad[1]) if len(pad) == 2 else pad
+        pad = _pad4(p.param("padding", (0, 0, 0, 0)))
         strides = tuple(p.param("strides", (1, 1)))
         if int(xs[3]) > max_moving_free or tuple(p.param("dilation", (1, 1))) != (1, 1) or \
                 not lane_split_ok(xs, os_, tuple(p.param("pool_size")), strides, pad, p.param("mode")):
             continue
         geo = lane_split_geometry(os_, strides, pad)
-        out[i], out[j] = with_param(g, ("lane_pair", geo)), with_param(p, ("lane_pair", geo))
+        out[i], out[j] = _with_param(g, ("lane_pair", geo)), _with_param(p, ("lane_pair", geo))
         notes.append(f"lane pair: {g.tag} writes {p.tag}'s lower band on lanes {int(xs[1])}.."
                      f"{2 * int(xs[1])} (rows from {geo[0]}, {geo[1]} halo rows); the pool runs both bands at once")
     return out
@@ -393,10 +399,9 @@ def _row_pairs(steps, resident, graph, root, max_moving_free: int, notes) -> lis
     ran at a quarter of the PE array).  Producer param ``row_dup``, consumer ``pair_rows``."""
     tm = graph.tensor_map
     prod = {root(g.output): i for i, g in enumerate(steps)}
-    out = list(steps)
+    from target.codegen.conv import full_taps
 
-    def with_param(g, kv):
-        return GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(g.params + (kv,))))
+    out = list(steps)
 
     def plain(g):
         return not any(g.param(k) for k in ("rows", "images", "lane_pair", "weight_slot"))
@@ -411,13 +416,9 @@ def _row_pairs(steps, resident, graph, root, max_moving_free: int, notes) -> lis
         N, C, H, W = (int(v) for v in tm[x].shape)
         node = graph.node(c.ops[0])
         R, S = (int(v) for v in tm[node.inputs[1]].shape[2:])
-        pad = tuple(node.attr("padding", (0, 0, 0, 0)))
-        pad = (pad[0], pad[1], pad[0], pad[1]) if len(pad) == 2 else pad
-        sh, sw = (int(v) for v in node.attr("strides", (1, 1)))
-        pt, pl = int(pad[0]), int(pad[1])
+        pad = _pad4(node.attr("padding", (0, 0, 0, 0)))
         OH, OW = (int(v) for v in tm[c.output].shape[2:])
-        full_r = [r for r in range(R) if r >= pt and (OH - 1) * sh + r - pt <= H - 1]
-        full_s = [q for q in range(S) if q >= pl and (OW - 1) * sw + q - pl <= W - 1]
+        full_r, full_s = full_taps(H, W, OH, OW, R, S, tuple(int(v) for v in node.attr("strides", (1, 1))), pad)
         if N != 1 or C not in (32, 64) or int(node.attr("groups", 1)) != 1 or not any(pad) or \
                 not full_r or not full_s or full_r[0] + 1 >= R or tuple(node.attr("dilation", (1, 1))) != (1, 1):
             continue
@@ -425,8 +426,8 @@ def _row_pairs(steps, resident, graph, root, max_moving_free: int, notes) -> lis
                 or p.param("row_dup") is not None and p.param("row_dup") != (1, 0, 1):
             continue
         if out[j].param("row_dup") is None:
-            out[j] = with_param(out[j], ("row_dup", (1, 0, 1)))
-        out[i] = with_param(c, ("pair_rows", True))
+            out[j] = _with_param(out[j], ("row_dup", (1, 0, 1)))
+        out[i] = _with_param(c, ("pair_rows", True))
         notes.append(f"row pairs: {p.tag} also writes {x} one row up on lanes {C}..{2 * C}; "
                      f"{c.tag} contracts row taps in pairs (K = {2 * C})")
     return out
@@ -441,7 +442,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
     base = plan_per_op(graph, config, dtype)
     # weight loads run ahead of their kernels (next-fit SBUF rotation, in-order DMA queues), so the
     # codegen cuts them in bandwidth-sized pieces rather than one latency-critical piece per queue
-    groups = [GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(g.params + (("prefetch", True),))))
+    groups = [_with_param(g, ("prefetch", True))
               if g.kind in ("conv2d", "matmul") else g for g in base.groups]
     tm = graph.tensor_map
     it = dtype_bytes(dtype)
