@@ -191,11 +191,13 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
                                  em.partitions)
     from .allocation import band_views, batch_views, release_dead, resident_deaths, restore_views
     deaths = resident_deaths(plan, ctx.root)  # group index -> resident tensors read last there
+    last_weighted = max((gi for gi, g in enumerate(plan.groups) if g.kind in ("conv2d", "matmul")), default=-1)
     for gi, g in enumerate(plan.groups):
         fn = LOWERINGS.get(g.kind)
         if fn is None:
             raise CodegenError(f"{g.tag}: no NeuronCore lowering for kernel kind {g.kind!r}")
         em.tag = g.tag
+        em.tail = gi == last_weighted
         sub = g.param("images")  # poly batch tiling: this kernel runs on images [n0, n0 + k)
         saved = batch_views(ctx, g, *sub) if sub else None
         # poly spatial tiling: this kernel computes a band of rows (of the sub-batch's views)

@@ -355,6 +355,10 @@ class Emitter:
         import os
         self.dma_piece_bytes = int(os.environ.get("POLYINF_DMA_PIECE", 96 * 1024))
         self.dma_min_piece = int(os.environ.get("POLYINF_DMA_MIN_PIECE", 32 * 1024))
+        # set by the driver while it lowers the program's last weight-loading kernel: nothing is
+        # queued behind those loads, so they are cut in TAIL_ROUNDS rounds over all queues (the
+        # queues finish within a piece of each other and the consumer follows the rounds)
+        self.tail = False
         self.streams: dict[str, list[_Rec]] = {s: [] for s in ENGINE_STREAMS + self.dma_streams}
         self.known: dict[str, dict[str, int]] = {s: {} for s in self.streams}
         self.tracker = _Tracker()
@@ -448,10 +452,7 @@ class Emitter:
             if cls is isa.MatMul and not fields.get("start", True):
                 deps += self.tracker.access(ap_box(dst), False, rec)
             deps += self.tracker.access(ap_box(dst), True, rec)
-        cost = self._cost(cls, fields, stream or self.dma_streams[0])
-        ready = 0
-        for d in deps:
-            ready = max(ready, d.end)
+        busy, lat = self._cost(cls, fields, stream or self.dma_streams[0])
         if stream is None:
             by = {}
             for d in deps:
@@ -465,9 +466,11 @@ class Emitter:
                     return 0
                 return top[0][1] if top[0][0] != q else (top[1][1] if len(top) > 1 else 0)
             stream = min(self.dma_streams, key=lambda q: (max(fa.get(q, 0), ready_on(q)), ld[q]))
+        # same-stream order is free (in-order issue); other streams' results wait for visibility
+        ready = max([0] + [d.end for d in deps if d.stream != stream])
         start = max(self._free_at.get(stream, 0), ready)
-        rec.end = start + cost
-        self._free_at[stream] = rec.end
+        rec.end = start + busy + lat  # when its results are visible to other engines
+        self._free_at[stream] = start + busy  # the engine issues its next instruction then
         rec.stream = stream
         idx = len(self.streams[stream])
         rec.idx = idx
@@ -494,19 +497,22 @@ class Emitter:
             self.tracker.retired = {s: min(self.known[t].get(s, -1) for t in allst) for s in allst}
         return rec
 
-    def _cost(self, cls, fields, stream) -> int:
+    def _cost(self, cls, fields, stream) -> tuple[int, int]:
+        """(busy, latency) ticks as the simulator times them: an engine is busy for the cost
+        formula's cycles and its results become visible ``access_overhead_cycles`` later
+        (back-to-back instructions hide that overhead); a DMA's queue time has no extra latency."""
         cfg = self.config
         try:
             from target import cost as _cost
             ins = cls(**fields)
             if cls is isa.DmaCopy:
-                return _cost.dma_ticks(ins, cfg)
+                return _cost.dma_ticks(ins, cfg), 0
             tpc = cfg.ticks_per_cycle(stream)
-            return (_cost.engine_cycles(ins, cfg) + cfg.access_overhead_cycles) * tpc
+            return _cost.engine_cycles(ins, cfg) * tpc, cfg.access_overhead_cycles * tpc
         except Exception:
             if cls is isa.DmaCopy:
-                return 2000 + max(fields["dst"].nbytes, fields["src"].nbytes) // 16
-            return 100
+                return 2000 + max(fields["dst"].nbytes, fields["src"].nbytes) // 16, 0
+            return 100, 0
 
     # convenience wrappers ------------------------------------------------
     def dma(self, dst: AP, src: AP, queue: Optional[str] = None):
@@ -526,6 +532,8 @@ class Emitter:
         # enough pieces for bandwidth (~piece_bytes each) and, for latency-critical medium
         # transfers, up to one piece per queue as long as pieces stay >= 8 KiB
         npieces = max(-(-total // piece_bytes), min(nq, total // (min_piece or self.dma_min_piece)), 1)
+        if self.tail:  # the program's last loads: rounds over all queues (see ``tail``)
+            npieces = max(npieces, min(nq * TAIL_ROUNDS, total // self.dma_min_piece))
         if npieces > nq:  # whole rounds over the queues (equal pieces finish together)
             npieces = -(-npieces // nq) * nq
         if npieces == 1 or dst.num_partitions != src.num_partitions:
@@ -608,6 +616,9 @@ class Emitter:
                 out.append(r.cls(**f))
             streams.append((s, tuple(out)))
         return isa.Program(hbm=tuple(self.hbm), streams=tuple(streams), name=self.name)
+
+
+TAIL_ROUNDS = 4
 
 
 def _sub(ap: AP, p0: int, np_: int, f0: int, nf: int) -> AP:
