@@ -74,6 +74,9 @@ class LowerCtx:
         self.constants: dict[str, np.ndarray] = {}
         self.inputs, self.outputs, self.runtime_weights = [], [], []
         self._alias = {t.name: t.alias_of for t in plan.tensors if t.placement == "alias"}
+        # concat inputs written in place: name -> (first partition, partitions) of the root's tile
+        self._slices = {t.name: (t.start_partition, t.num_partitions) for t in plan.tensors
+                        if t.placement == "alias" and t.num_partitions}
         self._const_values: dict[str, Value] = {}
         # spatial tiling (poly row bands): band buffers (allocation.band_views) and the weight
         # slots that keep a banded conv's weights across its bands (lowerings.lower_conv2d)
@@ -100,6 +103,8 @@ class LowerCtx:
             return self.values[name]
         r = self.root(name)
         t = self.tm[name]
+        if name in self._slices:
+            return self._slice(name)
         if r != name:
             base = self.value(r)
             v = Value(name, tuple(t.shape), base.dtype, hbm=base.hbm, sbuf=base.sbuf, images=base.images)
@@ -135,10 +140,24 @@ class LowerCtx:
         self.constants[hbm_name] = arr
         return Value(hbm_name, tuple(arr.shape), dt, hbm=ref)
 
+    def _slice(self, name: str) -> Value:
+        """A concat input that lives in partitions [p0, p0 + rows) of the concat's resident buffer."""
+        import dataclasses
+
+        if name not in self.values:
+            p0, rows = self._slices[name]
+            base = self.out(self.root(name))
+            tile = dataclasses.replace(base.sbuf, partitions=rows, start_partition=base.sbuf.start_partition + p0,
+                                       name=f"{base.sbuf.name}[p{p0}:{p0 + rows}]")
+            self.values[name] = Value(name, tuple(self.tm[name].shape), base.dtype, sbuf=tile, images=base.images)
+        return self.values[name]
+
     def out(self, name: str) -> Value:
         """The Value a kernel writes for graph tensor ``name`` (allocated on first use)."""
         if name in self.values:
             return self.values[name]
+        if name in self._slices:
+            return self._slice(name)
         t = self.tm[name]
         pl = self.plan.placement(name)
         if pl.placement == "sbuf":

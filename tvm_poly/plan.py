@@ -14,7 +14,9 @@ from dataclasses import dataclass
 class TensorPlacement:
     name: str  # graph tensor name
     placement: str = "hbm"  # hbm | sbuf | alias
-    alias_of: str = ""  # placement == "alias": shares the buffer of this tensor (reshape/identity)
+    alias_of: str = ""  # placement == "alias": shares the buffer of this tensor (reshape/identity);
+    # with num_partitions > 0 a *slice* of it: partitions [start_partition, + num_partitions) of
+    # the resident buffer hold this tensor (a concat input written in place)
     # placement == "sbuf": resident allocation (row-split layout, see target.codegen.values)
     start_partition: int = 0
     num_partitions: int = 0
@@ -28,6 +30,9 @@ class TensorPlacement:
             return (f"{self.name}: sbuf p[{self.start_partition}:{self.start_partition + self.num_partitions}]"
                     f" @{self.offset} +{self.nbytes}B" + (f" band of {self.band_rows} rows" if self.band_rows else ""))
         if self.placement == "alias":
+            if self.num_partitions:
+                return (f"{self.name}: slice p[{self.start_partition}:{self.start_partition + self.num_partitions}]"
+                        f" of {self.alias_of}")
             return f"{self.name}: alias of {self.alias_of}"
         return f"{self.name}: hbm"
 

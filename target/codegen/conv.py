@@ -181,6 +181,20 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         stage_image(0)
     km = ChanMap(K, P)
     res_in, res_out = x.sbuf is not None, out.sbuf is not None  # SBUF-resident operands
+    # a concat slice (the planner's in-place concat): the output is partitions [p0, p0 + rows) of
+    # the concat's buffer, so the output channels map over ``rows`` partitions and the stationary
+    # gets p0 zero columns in front: PSUM lanes p0.. carry the output, evacuated lane to lane
+    lane_off = out.sbuf.start_partition if res_out else 0
+    sliced = res_out and (lane_off > 0 or out.sbuf.partitions != km.parts)
+    if sliced:
+        km = ChanMap(K, out.sbuf.partitions)
+        if lane_off and not ((km.blocked or km.T == 1) and km.parts == out.sbuf.partitions and
+                             _start_ok(lane_off, km.parts) and
+                             lane_off + km.parts <= P and residual is None and lane_dup is None and
+                             weight_slot is None):
+            raise CodegenError(f"conv2d into partitions [{lane_off}, {lane_off + out.sbuf.partitions}) of a "
+                               f"resident buffer: needs a blocked {out.sbuf.partitions}-partition channel map, "
+                               f"no residual, lane_dup or weight slot (K={K})")
     # clipped taps: a resident input is read in place even with padding.  Tap (r, s) only
     # contributes to the output pixels whose input pixel exists, so its matmul covers that
     # sub-rectangle of the PSUM block; a tap valid for every output pixel opens the group.
@@ -196,7 +210,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                     and OW <= em.max_moving_free):
         raise CodegenError(f"conv2d lane_dup needs a resident single-image output of 32 or 64 channels "
                            f"with whole-row pixel blocks and no residual (got K={K}, N={N}, OW={OW})")
-    Mm = 2 * Mk if dup else Mk  # stationary columns = PSUM lanes
+    Mm = lane_off + (2 * Mk if dup else Mk)  # stationary columns = PSUM lanes
     wide_o = dataclasses.replace(out.sbuf, partitions=2 * Mk) if dup else None  # both lane blocks
     if dup and len(lane_dup) > 2 and lane_dup[2]:  # zero rows after the lane block's rows
         z0 = OH - lane_dup[0] + lane_dup[1]
@@ -213,7 +227,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         arr[:, KT:] = bie[kidx].T
         if dup:  # the second lane block's evacuation reads them on lanes K..2K
             arr = np.concatenate([arr, arr])
-        got = pinned(arr) if pinned is not None else None
+        if lane_off:  # the evacuation reads them on the output's lanes
+            arr = np.concatenate([np.zeros((lane_off, arr.shape[1]), np.float32), arr])
+        # (the constant block sized its columns for the unsliced channel map)
+        got = pinned(arr) if pinned is not None and not sliced else None
         if got is not None:  # the program's constant block (const_block.py) holds them
             cols, c0 = got
         else:
@@ -377,7 +394,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             cache["weights"] = wconsts[0]
     wvals = [None if kept and kept[1] else const(f"{tagbase}/w{gi}", a, cdt) for gi, a in enumerate(wconsts)]
     wsval = const(f"{tagbase}/w0s", wsingle, cdt) if wsingle is not None else None
-    wpool = None if kept else em.pool("sbuf", wparts, wsize * it, cdt, 1 if len(kgroups) == 1 else 2, "conv_w")
+    # lane_off: the weights sit behind lane_off initialised elements, so block b's stationary is the
+    # lane_off + Mk columns ending at its last column; the leading columns (the slack, or the block
+    # before) fill PSUM lanes 0..lane_off that are never read
+    wpool = None if kept else em.pool("sbuf", wparts, (wsize + lane_off) * it, cdt, 1 if len(kgroups) == 1 else 2, "conv_w")
     em.note(weights="kept" if kept and kept[1] else "slot" if kept else "loaded")
 
     # ---------------------------------------------------------------- bands
@@ -583,6 +603,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         np_ = len(chunks[blk[0]]) if packed else blk_parts.get(tuple(blk), cm.nparts(blk[0]))
         if dup:
             return wtiles[gi].ap((2, Mk), (wconsts[gi].shape[1], 1), blk_off[key], partitions=np_)
+        if lane_off:  # nk = lane_off + Mk lanes: the block and the lane_off columns before it
+            return wtiles[gi].ap((nk,), (1,), blk_off[key], partitions=np_)
         return wtiles[gi].ap((nk,), (1,), blk_off[key], partitions=np_)
 
     def load_weights(gi):
@@ -590,7 +612,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             return kept[0]  # loaded by an earlier call: nothing to move
         t = wpool.next() if kept is None else kept[0]
         a = wconsts[gi]
-        em.dma_split(t.ap((a.shape[1],), partitions=a.shape[0]),
+        if lane_off:
+            em.memset(t.ap((lane_off,), partitions=a.shape[0]), 0.0)
+        em.dma_split(t.ap((a.shape[1],), elem_offset=lane_off, partitions=a.shape[0]),
                      wvals[gi].flat_ap(0, a.shape[0], a.shape[1], (a.shape[1],), (1,)),
                      piece_bytes=WEIGHT_PIECE_BYTES, min_piece=PREFETCH_MIN_PIECE if prefetch else None)
         if dup:
@@ -598,7 +622,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                     t.ap((a.shape[1],), partitions=a.shape[0]), stream="gpsimd")
         if wsval is not None:  # the single (unpaired) taps after the pairs, on lanes 0..C
             n1 = wsingle.shape[1]
-            em.dma_split(t.ap((n1,), elem_offset=a.shape[1], partitions=C),
+            em.dma_split(t.ap((n1,), elem_offset=a.shape[1] + lane_off, partitions=C),
                          wsval.flat_ap(0, C, n1, (n1,), (1,)),
                          piece_bytes=WEIGHT_PIECE_BYTES, min_piece=PREFETCH_MIN_PIECE if prefetch else None)
         return t
@@ -662,7 +686,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             blks = blocks_by_jk[jk]
             for (t0, nr, ow0, nw) in pix_blocks(nbo):
                 ps = psum_pool.next()
-                nkm = 2 * nk if dup else nk
+                nkm = (2 * nk if dup else nk) + lane_off
                 dst = ps.ap((nr * nw,), partitions=nkm)
                 mms = [(blk, dst, t0, nr, ow0, nw) for blk in blks] if not clip else \
                     _clipped(blks, ps, nkm, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl, H, W)
@@ -671,13 +695,15 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                               start=bi2 == 0, stop=bi2 == len(mms) - 1 and residual is None)
                 if dup:
                     dst = ps.ap((nr * nw,), partitions=nk)
+                elif lane_off:
+                    dst = ps.ap((nr * nw,), partitions=nk, start=lane_off)
                 o_off = jk * bo * OW + t0 * OW + ow0  # in a band tile laid out like the output band
                 pix = (oh0 + t0) * OW + ow0
                 if residual is not None:  # PSUM += I @ shortcut
                     r_ap = rows_ap(rt, o_off, nr, nw, nk) if res_hbm else \
                         rows_ap(residual.sbuf, resident_off(residual, n, jk, nk, pix), nr, nw, nk)
                     em.matmul(dst, ident.ap((nk,), (1,), 0, partitions=nk), r_ap, start=False, stop=True)
-                sc, bb = epi(jk, nk)
+                sc, bb = epi(jk, nk, lane_off)
                 # evacuate PSUM into the band tile, or straight into the resident output
                 dst_o = rows_ap(out.sbuf, resident_off(out, n, jk, nk, pix), nr, nw, nk) if res_out else \
                     rows_ap(ot, o_off, nr, nw, nk)
@@ -756,6 +782,11 @@ def _clipped(blks, ps, nk, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl,
     if first is None:
         raise CodegenError("conv2d clipped taps: no contraction block covers the whole PSUM block")
     return [first] + out
+
+
+def _start_ok(p0: int, n: int) -> bool:
+    """The engines' partition start rule for an n-partition access starting at p0."""
+    return p0 == 0 if n > 64 else (p0 in (0, 64) if n > 32 else p0 in (0, 32, 64, 96))
 
 
 def _rel(tile, ap) -> int:

@@ -188,6 +188,8 @@ def concat_flat(em: Emitter, out: Value, inputs: list, images: int = 1):
                 s_ = _flat_range_ap(v, n_img * n + o - off, c)
                 if d is None or s_ is None:
                     raise CodegenError(f"concat {out.name}: range [{o}, {o + c}) does not map to one AP")
+                if d == s_:
+                    continue  # written in place (the input is a slice of the output's buffer)
                 em.dma_split(d, s_)  # over the queues: one queue moves ~17 GB/s
             off += n
         if off != out_img:

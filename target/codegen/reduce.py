@@ -30,6 +30,8 @@ def reduce_trailing(em: Emitter, x: Value, out: Value, axes, op: str, cdt: str):
     P = em.partitions
     it = isa.DTYPES[cdt]
     rop = "max" if op == "max" else ("min" if op == "min" else "add")
+    if x.sbuf is not None:  # resident: reduced in place, the results stored with one split DMA
+        return _reduce_resident(em, x, out, L, op, rop)
     chunk = max(1, min(L, CHUNK_BYTES // it))
     nchunks = -(-L // chunk)
     rows = min(P, rows_total)
@@ -52,6 +54,24 @@ def reduce_trailing(em: Emitter, x: Value, out: Value, axes, op: str, cdt: str):
         em.dma(out.flat_ap(r0, nr, 1, (1,), (1,)), res)
     xin.release()
     acc.release()
+
+
+def _reduce_resident(em: Emitter, x: Value, out: Value, L: int, op: str, rop: str):
+    """An SBUF-resident input in its row-split layout: partition p holds the rows [p*T, (p+1)*T)
+    of L elements each (a blocked channel layout, T planes), so ONE TensorReduce over the last
+    free axis gives [rows, T] -- row p*T + t of the output -- and the results go out as one
+    [rows, T] DMA (split over the queues) instead of a one-element row per partition and tile."""
+    rows = x.sbuf.partitions
+    if x.images != 1 or x.size % rows or (x.size // rows) % L:
+        raise CodegenError(f"reduction of resident {x.name} {x.shape}: its layout ({rows} partitions) does not "
+                           f"hold whole rows of {L} elements")
+    T = x.size // rows // L
+    res = em.sbuf_tile(rows, T * 4, "fp32", "red_res")
+    em.reduce(res.ap((T,)), x.flat_ap(0, rows, T * L, (T, L), (L, 1)), op=rop, axes=1)
+    if op == "mean":
+        em.act(res.ap((T,)), res.ap((T,)), func="identity", scale=1.0 / L)
+    em.dma_split(out.flat_ap(0, rows, T, (T,), (1,)), res.ap((T,)), min_piece=1)
+    em.free(res)
 
 
 from . import register_lowering  # noqa: E402

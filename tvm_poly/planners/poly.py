@@ -41,12 +41,13 @@ differ only in where tensors live: codegen and simulator are shared and the comp
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from tvm_poly.allocation import Buffer, allocate
+from tvm_poly.allocation import Buffer, _first_fit, allocate
 from tvm_poly.graph import OpGraph
 from tvm_poly.plan import GroupPlan, Plan, TensorPlacement
 from tvm_poly.polymodel import dtype_bytes
@@ -56,6 +57,9 @@ RESIDENT_KINDS = {"conv2d", "elementwise", "batch_norm", "pool", "concat"}
 # kernels that may read (never write) a resident tensor: matmul, when it is the single row of
 # the left operand (a global pool's output feeding the classifier): that row already is A^T
 READ_KINDS = {"matmul"}
+# trailing-axis reductions (ONNX GlobalAveragePool = mean over H, W) read a resident input in
+# place: each partition's run of the row-split layout is whole planes, one TensorReduce
+REDUCE_KINDS = {"mean", "sum", "max", "min"}
 
 
 def resident_kinds_problem(producer, readers, name, tm, root) -> str:
@@ -66,12 +70,18 @@ def resident_kinds_problem(producer, readers, name, tm, root) -> str:
     # its 128-channel tiles do not match)
     shape = tm[name].shape
     lrn_ok = len(shape) >= 2 and int(shape[1]) <= 128
-    bad = ({producer.kind} - RESIDENT_KINDS) | ({u.kind for u in readers} - RESIDENT_KINDS - READ_KINDS)
+    bad = ({producer.kind} - RESIDENT_KINDS) | ({u.kind for u in readers} - RESIDENT_KINDS - READ_KINDS - REDUCE_KINDS)
     if lrn_ok:
         bad -= {"lrn"}
     if bad:
         return f"kernel kinds {sorted(bad)} read/write HBM only"
     for u in readers:
+        if u.kind in REDUCE_KINDS:
+            ax = u.param("axis")
+            rank = len(shape)
+            axes = sorted({(int(a) + rank) % rank for a in ax}) if ax is not None and len(ax) else list(range(rank))
+            if rank != 4 or axes != [2, 3] or int(shape[0]) != 1:
+                return f"{u.kind} over axes {axes} of {tuple(shape)} is not a single-image plane reduction"
         if u.kind == "matmul":
             a = u.inputs[0]
             if root(a) != name or any(root(i) == name for i in u.inputs[1:]) or \
@@ -433,6 +443,82 @@ def _row_pairs(steps, resident, graph, root, max_moving_free: int, notes) -> lis
     return out
 
 
+def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, notes) -> dict:
+    """Channel concats computed in place: a resident concat input whose only reader is the
+    concat and whose producer is a plain conv becomes a *slice* of the concat's buffer -- the
+    partitions [p0, p0 + rows) that its flat range occupies in the output's row-split layout --
+    so the conv writes its output straight there (``conv2d`` with a partition offset: zero
+    stationary columns in front put its PSUM lanes on those partitions) and the concat moves
+    nothing (it was one SBUF->SBUF DMA per input on the critical path, with short rows).
+    Legal when the output's byte range is free of every other resident buffer from the first
+    such producer on and stays inside the resident capacity there (checked on the final
+    allocation).  Returns input name -> (concat output, p0, rows)."""
+    from target.codegen.conv import ChanMap, _start_ok
+
+    tm = graph.tensor_map
+    readers: dict = {}
+    for gi, g in enumerate(groups):
+        for t in g.inputs:
+            readers.setdefault(root(t), set()).add(gi)
+    producer = {root(g.output): gi for gi, g in enumerate(groups)}
+    tiled = set()
+    for lo_, hi_, *_ in list(segs) + list(rsegs):
+        tiled.update(range(lo_, hi_))
+    step_of = {}
+    for g in steps:
+        step_of.setdefault(g.name, []).append(g)
+    out: dict = {}
+    for gi, g in enumerate(groups):
+        r = root(g.output)
+        if g.kind != "concat" or gi in tiled or r not in resident or r not in alloc.slots or \
+                _axis(g, tm) != 1 or int(tm[r].shape[0]) != 1 or len(step_of.get(g.name, ())) != 1:
+            continue
+        rows_out = alloc.buffers[r].partitions
+        elems_out = int(np.prod(tm[r].shape))
+        if elems_out % rows_out:
+            continue
+        L = elems_out // rows_out
+        a_r, n_r = alloc.slots[r]
+        take, off = [], 0
+        for i in g.inputs:
+            n = int(np.prod(tm[i].shape))
+            ri, pi = root(i), producer.get(root(i))
+            ok = (ri == i and i in resident and pi is not None and pi not in tiled and off % L == 0 and
+                  n % L == 0 and readers.get(i) == {gi} and groups[pi].kind == "conv2d")
+            if ok:
+                rows, p0 = n // L, off // L
+                ps = step_of.get(groups[pi].name, ())
+                K = int(tm[i].shape[1])
+                cm = ChanMap(K, rows)
+                ok = (len(ps) == 1 and not any(ps[0].param(k) for k in ("residual", "lane_pair", "row_dup", "images", "rows"))
+                      and _start_ok(p0, rows) and cm.parts == rows and (cm.blocked or cm.T == 1))
+            if ok:
+                take.append((i, pi, p0, rows))
+            off += n
+        if not take:
+            continue
+        t0 = min(pi for _, pi, _, _ in take)
+        names = {i for i, _, _, _ in take} | {r}
+        b_r = alloc.buffers[r]
+        # the output's buffer now lives from t0: keep its range if nothing else uses it over
+        # [t0, end], else the lowest range that is free then (first fit, inside the capacity)
+        busy = [alloc.slots[n_] for n_, b in alloc.buffers.items()
+                if n_ in alloc.slots and n_ not in names and b.start <= b_r.end and b.end >= t0]
+        limit = min(alloc.capacity[t0:b_r.end + 1])
+        if any(x < a_r + n_r and a_r < x + m for x, m in busy) or a_r + n_r > limit:
+            a_new = _first_fit(busy, n_r, limit)
+            if a_new is None:
+                continue
+            alloc.slots[r] = (a_new, n_r)
+        alloc.buffers[r] = dataclasses.replace(b_r, start=t0)
+        for i, pi, p0, rows in take:
+            out[i] = (r, p0, rows)
+            alloc.slots.pop(i, None)
+        notes.append(f"concat in place: {g.tag} inputs " + ", ".join(f"{i} (p[{p0}:{p0 + rows}])" for i, _, p0, rows in take)
+                     + f" are slices of {r}: their convs write there, the concat moves nothing")
+    return out
+
+
 def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -> PolyPlan:
     t0 = time.perf_counter()
     if config is None or not hasattr(config, "sbuf_partitions"):
@@ -717,6 +803,14 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             placements.append(TensorPlacement(t.name, "hbm"))
     steps = _lane_pairs(steps, resident, graph, root, int(getattr(config, "max_moving_free", 512)), notes)
     steps = _row_pairs(steps, resident, graph, root, int(getattr(config, "max_moving_free", 512)), notes)
+    slices = _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, notes)
+    if slices:
+        outs_ = {r for r, _, _ in slices.values()}
+        placements = [TensorPlacement(t.name, "alias", alias_of=slices[t.name][0], start_partition=slices[t.name][1],
+                                      num_partitions=slices[t.name][2]) if t.name in slices else
+                      dataclasses.replace(t, offset=alloc.offset(t.name)) if t.name in outs_ else t
+                      for t in placements]
+        resident -= set(slices)
 
     floor = None
     if pm is not None:
