@@ -85,35 +85,41 @@ def test_global_pool_feeds_the_classifier_in_sbuf(C, dtype):
     assert rep.hbm_read_bytes == sum(t.nbytes for t in cp.program.hbm if t.kind in ("input", "weight"))
 
 
-def _stem_graph(rng, K=64, H=32, extra_reader=False):
-    """7x7/2 conv (3 -> K) + relu -> 3x3/2 max pool -> 1x1 conv: the stem of ResNet/DenseNet."""
+def _stem_graph(rng, K=64, H=32, extra_reader=False, pool_pad=1):
+    """7x7/2 conv (3 -> K) + relu -> 3x3/2 max pool -> 1x1 conv: the stem of ResNet/DenseNet (pool
+    padding 1); SqueezeNet's pool has none, so an odd conv output (H = 46: 23 rows) pools to an
+    odd 11 rows."""
+    from tests.test_codegen_pool import pool_ref
     b = GraphBuilder()
     x = b.input("x", (1, 3, H, H))
     w1 = (rng.standard_normal((K, 3, 7, 7)) / np.sqrt(147)).astype(np.float32)
-    c = b.op("conv2d", [x, b.const("w1", w1)], (1, K, H // 2, H // 2), strides=(2, 2), padding=(3, 3, 3, 3),
+    Hc = (H + 6 - 7) // 2 + 1
+    Hp = (Hc + 2 * pool_pad - 3) // 2 + 1
+    pp = (pool_pad,) * 4
+    c = b.op("conv2d", [x, b.const("w1", w1)], (1, K, Hc, Hc), strides=(2, 2), padding=(3, 3, 3, 3),
              groups=1, dilation=(1, 1))
-    r = b.op("relu", [c], (1, K, H // 2, H // 2))
-    p = b.op("max_pool2d", [r], (1, K, H // 4, H // 4), pool_size=(3, 3), strides=(2, 2), padding=(1, 1, 1, 1),
+    r = b.op("relu", [c], (1, K, Hc, Hc))
+    p = b.op("max_pool2d", [r], (1, K, Hp, Hp), pool_size=(3, 3), strides=(2, 2), padding=pp,
              count_include_pad=False, layout="NCHW", dilation=(1, 1))
     w2 = (rng.standard_normal((32, K, 1, 1)) / np.sqrt(K)).astype(np.float32)
-    y = b.op("conv2d", [p, b.const("w2", w2)], (1, 32, H // 4, H // 4), strides=(1, 1), padding=(0, 0, 0, 0),
+    y = b.op("conv2d", [p, b.const("w2", w2)], (1, 32, Hp, Hp), strides=(1, 1), padding=(0, 0, 0, 0),
              groups=1, dilation=(1, 1))
     outs = [y]
     if extra_reader:
-        outs.append(b.op("sigmoid", [r], (1, K, H // 2, H // 2)))
+        outs.append(b.op("sigmoid", [r], (1, K, Hc, Hc)))
     xv = rng.standard_normal((1, 3, H, H)).astype(np.float32)
     rv = np.maximum(conv_ref(xv, w1, (2, 2), (3, 3, 3, 3)), 0)
-    pv = pool_ref(rv, "max", (3, 3), (2, 2), (1, 1, 1, 1), (H // 4, H // 4))
+    pv = pool_ref(rv, "max", (3, 3), (2, 2), pp, (Hp, Hp))
     return b.build(outs), {"x": xv}, y, conv_ref(pv, w2, (1, 1), (0, 0, 0, 0)), r
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("K", [64, 32])
-def test_stem_writes_the_pools_lower_band_on_idle_lanes(K, dtype):
+@pytest.mark.parametrize("K,H,pool_pad", [(64, 32, 1), (32, 32, 1), (64, 46, 0)])  # last: odd pool rows
+def test_stem_writes_the_pools_lower_band_on_idle_lanes(K, H, pool_pad, dtype):
     """conv -> max pool through a resident K-channel tensor: the conv's stationary holds its
     weights twice, PSUM lanes K..2K carry a copy and the conv writes the pool's lower band
     there; the pool runs both bands on 2K lanes in place: no SBUF->SBUF DMA at all."""
-    g, inputs, y, ref, r = _stem_graph(np.random.default_rng(5), K=K)
+    g, inputs, y, ref, r = _stem_graph(np.random.default_rng(5), K=K, H=H, pool_pad=pool_pad)
     cp = compile_graph(g, "inf2", planner="poly", dtype=dtype)
     pairs = [k for k in cp.plan.groups if k.param("lane_pair")]
     assert [k.kind for k in pairs] == ["conv2d", "pool"] and cp.plan.placement(r).placement == "sbuf"
@@ -179,7 +185,9 @@ def test_row_pairs_contract_two_taps_per_matmul(C, k, stride, pad, dtype):
 @pytest.mark.parametrize("C,pad", [(96, (0, 0, 0, 0)), (256, (0, 0, 0, 0)), (96, (1, 1, 1, 1))])
 def test_windowed_pool_between_resident_tensors_runs_in_place(C, pad, dtype):
     """A max pool whose input and output stay in SBUF reads and writes them in place (no SBUF->SBUF
-    DMA) for every band whose input rows all exist; bands with padding rows still load a filled tile."""
+    DMA) for every band whose input rows all exist; bands with padding rows fill their tile with an
+    engine copy on the same lanes (a DMA of short rows runs at a fraction of its rate) -- no
+    SBUF->SBUF DMA either way."""
     rng = np.random.default_rng(8)
     H = 13
     OH = (H + pad[0] + pad[2] - 3) // 2 + 1
@@ -198,7 +206,6 @@ def test_windowed_pool_between_resident_tensors_runs_in_place(C, pad, dtype):
     k = _kernel_of(cp, p)
     s2s = [i for _, st in cp.program.streams for i in st
            if isinstance(i, isa.DmaCopy) and i.tag == k.tag and i.src.mem == i.dst.mem]
-    if any(pad):
-        assert s2s  # the padded band(s) fall back to the filled tile
-    else:
-        assert not s2s
+    assert not s2s
+    copies = [i for i in cp.program.stream("gpsimd") if i.tag == k.tag and type(i).__name__ == "TensorCopy"]
+    assert bool(copies) == any(pad)  # the padded band(s): filled tile, by an engine copy

@@ -146,6 +146,10 @@ class LowerCtx:
 
         if name not in self.values:
             p0, rows = self._slices[name]
+            parent = self._alias[name]
+            while parent in self._slices:  # a chained slice (a concat inside a concat)
+                p0 += self._slices[parent][0]
+                parent = self._alias[parent]
             base = self.out(self.root(name))
             tile = dataclasses.replace(base.sbuf, partitions=rows, start_partition=base.sbuf.start_partition + p0,
                                        name=f"{base.sbuf.name}[p{p0}:{p0 + rows}]")

@@ -112,10 +112,11 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                 and tuple(lane_split) == lane_split_geometry(out.shape, strides, padding)):
             raise CodegenError(f"pool {x.shape}->{out.shape}: lane_split {lane_split} does not apply")
         shift, halo = lane_split
-        OH0, C2 = OH // 2, 2 * C
+        OH0, OHa, C2 = OH // 2, OH - OH // 2, 2 * C  # rows of band 1 / band 0 (odd OH: band 0's last
+        # row runs alone on lanes 0..C after the two-band loop)
         xw = dataclasses.replace(x.sbuf, partitions=C2)  # lanes C..2C: the second band's rows
         ow_ = dataclasses.replace(out.sbuf, partitions=C2)
-        rows_loc = (OH0 - 1) * sh + R - pt  # input rows (from the band's first) the windows read
+        rows_loc = (OHa - 1) * sh + R - pt  # input rows (from the band's first) the windows read
         tmp = em.sbuf_tile(C2, (halo + rows_loc) * OW * it, cdt, "pool_tmp")
         em.note(bands=2, lane_split=True)
         # tmp rows in padded coordinates: [0, halo) is padding for band 0, band 1's halo rows
@@ -146,7 +147,14 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
             ps = pp.next()
             em.matmul(ps.ap((n,), partitions=C), ident.ap((C,), (1,), C, partitions=C2),
                       ow_.ap((n,), (1,), j0 * OW, partitions=C2))
-            em.act(out.sbuf.ap((n,), (1,), (OH0 + j0) * OW, partitions=C), ps.ap((n,), partitions=C), stream="scalar")
+            em.act(out.sbuf.ap((n,), (1,), (OHa + j0) * OW, partitions=C), ps.ap((n,), partitions=C), stream="scalar")
+        if OHa > OH0:  # band 0's last row, lanes 0..C only (band 1 has no row there)
+            need = (OHa - 1) * sh + R - pt
+            if need > done:
+                _column_pass(em, x.sbuf.ap, (0, W), tmp.ap, (0, OW), 1, need - done, W, OW, S, sw, pl, op, NEG,
+                             {"src_offset": done * W, "dst_offset": (halo + done) * OW, "partitions": C})
+            _row_pass(em, out.sbuf.ap((1, 1, OW), (0, OW, 1), OH0 * OW, partitions=C), tmp, 0, OH0 * sh * OW, 1, 1, OW,
+                      R, sh, op, cdt, {"partitions": C})
         pp.release()
         em.free(ident)
         em.free(tmp)
@@ -218,7 +226,13 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                         if f1 > f0:
                             em.memset(xt.ap((CT, (f1 - f0) * W), (rpb * W, 1), f0 * W, partitions=parts, start=i * parts), fill)
                     if nv:
-                        if cm.blocked or CT == 1:
+                        if (cm.blocked or CT == 1) and x.sbuf is not None and i == 0:
+                            # resident input, same lanes: an engine copy (a DMA of these short
+                            # rows -- one 7x7 plane is 98 B in bf16 -- runs at a tenth of its rate)
+                            em.copy(xt.ap((CT, nv * W), (rpb * W, 1), dr * W, partitions=parts),
+                                    x.flat_ap(n * C * H * W + ih0 * W, parts, CT * H * W, (CT, nv * W), (H * W, 1)),
+                                    stream="gpsimd")
+                        elif cm.blocked or CT == 1:
                             em.dma_split(xt.ap((CT, nv * W), (rpb * W, 1), dr * W, partitions=parts, start=i * parts),
                                          x.flat_ap(n * C * H * W + ih0 * W, parts, CT * H * W, (CT, nv * W), (H * W, 1)))
                         else:
@@ -244,7 +258,10 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                         em.act(ov, ov, scale=1.0 / (R * S))
                 for i, oh0 in enumerate(grp):
                     nb_i = min(bo, OH - oh0)
-                    if cm.blocked or CT == 1:
+                    if (cm.blocked or CT == 1) and out.sbuf is not None and i == 0:  # same lanes: engine copy
+                        em.copy(out.flat_ap(n * C * OH * OW + oh0 * OW, parts, CT * OH * OW, (CT, nb_i * OW), (OH * OW, 1)),
+                                ot.ap((CT, nb_i * OW), (bo * OW, 1), partitions=parts), stream="gpsimd")
+                    elif cm.blocked or CT == 1:
                         em.dma_split(out.flat_ap(n * C * OH * OW + oh0 * OW, parts, CT * OH * OW, (CT, nb_i * OW), (OH * OW, 1)),
                                      ot.ap((CT, nb_i * OW), (bo * OW, 1), partitions=parts, start=i * parts))
                     else:
@@ -311,15 +328,16 @@ def lane_split_ok(x_shape, out_shape, pool_size, strides, padding, mode) -> bool
     R, _ = pool_size
     sh, _ = strides
     pt = padding[0]
-    if mode != "max" or N != 1 or C not in (32, 64) or OH % 2 or OH < 2:
+    if mode != "max" or N != 1 or C not in (32, 64) or OH < 2:
         return False
-    OH0 = OH // 2
-    shift = OH0 * sh
+    OHa, OHb = OH - OH // 2, OH // 2  # band 0 takes the odd row
+    shift = OHa * sh
     # the lower band's windows stay inside the input; its halo rows fit after its rows
-    return (OH0 - 1) * sh + R - 1 - pt + shift <= H - 1 and 0 <= pt <= shift
+    return (OHb - 1) * sh + R - 1 - pt + shift <= H - 1 and 0 <= pt <= shift
 
 
 def lane_split_geometry(out_shape, strides, padding):
-    """(shift, halo) of the two-band lane layout: band 1 (output rows OH/2..) reads input rows
-    from ``shift`` = OH/2 * sh on, and ``halo`` = pt rows before it."""
-    return (int(out_shape[2]) // 2 * strides[0], int(padding[0]))
+    """(shift, halo) of the two-band lane layout: band 1 (output rows ceil(OH/2)..) reads input
+    rows from ``shift`` = ceil(OH/2) * sh on, and ``halo`` = pt rows before it."""
+    OH = int(out_shape[2])
+    return ((OH - OH // 2) * strides[0], int(padding[0]))

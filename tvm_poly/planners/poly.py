@@ -444,15 +444,19 @@ def _row_pairs(steps, resident, graph, root, max_moving_free: int, notes) -> lis
 
 
 def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, notes) -> dict:
-    """Channel concats computed in place: a resident concat input whose only reader is the
-    concat and whose producer is a plain conv becomes a *slice* of the concat's buffer -- the
+    """Channel concats computed in place: a resident concat input produced by a plain conv (read
+    only by the concat, or by others in its own layout) becomes a *slice* of the concat's buffer -- the
     partitions [p0, p0 + rows) that its flat range occupies in the output's row-split layout --
     so the conv writes its output straight there (``conv2d`` with a partition offset: zero
     stationary columns in front put its PSUM lanes on those partitions) and the concat moves
     nothing (it was one SBUF->SBUF DMA per input on the critical path, with short rows).
     Legal when the output's byte range is free of every other resident buffer from the first
     such producer on and stays inside the resident capacity there (checked on the final
-    allocation).  Returns input name -> (concat output, p0, rows)."""
+    allocation).  Chains too (DenseNet: each layer's concat extends the previous one): a
+    resident concat output read by the next concat at a partition-aligned offset in the same
+    layout (same rows) becomes its slice as well, with everything nested in it, so a dense
+    block's concats share one buffer and nothing is copied.  Returns input name -> (concat
+    output, p0, rows); a chained slice's p0 is relative to its parent."""
     from target.codegen.conv import ChanMap, _start_ok
 
     tm = graph.tensor_map
@@ -483,8 +487,16 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
         for i in g.inputs:
             n = int(np.prod(tm[i].shape))
             ri, pi = root(i), producer.get(root(i))
+            # other readers see the slice in the same layout when it has the tensor's own rows
             ok = (ri == i and i in resident and pi is not None and pi not in tiled and off % L == 0 and
-                  n % L == 0 and readers.get(i) == {gi} and groups[pi].kind == "conv2d")
+                  n % L == 0 and groups[pi].kind == "conv2d" and
+                  (readers.get(i) == {gi} or (i in alloc.buffers and alloc.buffers[i].partitions == n // L)))
+            if (ri == i and i in alloc.slots and pi is not None and pi not in tiled and off % L == 0 and
+                    n % L == 0 and groups[pi].kind == "concat" and alloc.buffers[i].partitions == n // L and
+                    _start_ok(off // L, n // L) and len(step_of.get(groups[pi].name, ())) == 1):
+                take.append((i, alloc.buffers[i].start, off // L, n // L))  # a chained concat
+                off += n
+                continue
             if ok:
                 rows, p0 = n // L, off // L
                 ps = step_of.get(groups[pi].name, ())
@@ -498,8 +510,16 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
         if not take:
             continue
         t0 = min(pi for _, pi, _, _ in take)
-        names = {i for i, _, _, _ in take} | {r}
+        taken = {i for i, _, _, _ in take}
+
+        def chain_root(x):
+            while x in out:
+                x = out[x][0]
+            return x
+        names = taken | {r} | {x for x in out if chain_root(x) in taken}
         b_r = alloc.buffers[r]
+        end = max([b_r.end] + [alloc.buffers[i].end for i in taken if i in alloc.buffers])
+        b_r = dataclasses.replace(b_r, end=end)
         # the output's buffer now lives from t0: keep its range if nothing else uses it over
         # [t0, end], else the lowest range that is free then (first fit, inside the capacity)
         busy = [alloc.slots[n_] for n_, b in alloc.buffers.items()
@@ -510,7 +530,7 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
             if a_new is None:
                 continue
             alloc.slots[r] = (a_new, n_r)
-        alloc.buffers[r] = dataclasses.replace(b_r, start=t0)
+        alloc.buffers[r] = dataclasses.replace(b_r, start=t0, end=end)
         for i, pi, p0, rows in take:
             out[i] = (r, p0, rows)
             alloc.slots.pop(i, None)
