@@ -447,8 +447,9 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
     """Channel concats computed in place: a resident concat input produced by a plain conv (read
     only by the concat, or by others in its own layout) becomes a *slice* of the concat's buffer -- the
     partitions [p0, p0 + rows) that its flat range occupies in the output's row-split layout --
-    so the conv writes its output straight there (``conv2d`` with a partition offset: zero
-    stationary columns in front put its PSUM lanes on those partitions) and the concat moves
+    so the conv writes its output straight there (``conv2d`` with a partition offset: the
+    stationary also reads the p0 columns before each weight block, which puts its output on PSUM
+    lanes p0.., evacuated lane to lane; lanes 0..p0 are never read) and the concat moves
     nothing (it was one SBUF->SBUF DMA per input on the critical path, with short rows).
     Legal when the output's byte range is free of every other resident buffer from the first
     such producer on and stays inside the resident capacity there (checked on the final
