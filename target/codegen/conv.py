@@ -183,7 +183,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     res_in, res_out = x.sbuf is not None, out.sbuf is not None  # SBUF-resident operands
     # a concat slice (the planner's in-place concat): the output is partitions [p0, p0 + rows) of
     # the concat's buffer, so the output channels map over ``rows`` partitions and the stationary
-    # gets p0 zero columns in front: PSUM lanes p0.. carry the output, evacuated lane to lane
+    # also reads the p0 columns before each weight block: PSUM lanes p0.. carry the output,
+    # evacuated lane to lane (lanes 0..p0 get whatever those columns make and are never read)
     lane_off = out.sbuf.start_partition if res_out else 0
     sliced = res_out and (lane_off > 0 or out.sbuf.partitions != km.parts)
     if sliced:
@@ -603,8 +604,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         np_ = len(chunks[blk[0]]) if packed else blk_parts.get(tuple(blk), cm.nparts(blk[0]))
         if dup:
             return wtiles[gi].ap((2, Mk), (wconsts[gi].shape[1], 1), blk_off[key], partitions=np_)
-        if lane_off:  # nk = lane_off + Mk lanes: the block and the lane_off columns before it
-            return wtiles[gi].ap((nk,), (1,), blk_off[key], partitions=np_)
+        # (lane_off: nk = lane_off + Mk lanes, the block -- stored lane_off elements further on --
+        # and the lane_off columns before it)
         return wtiles[gi].ap((nk,), (1,), blk_off[key], partitions=np_)
 
     def load_weights(gi):
