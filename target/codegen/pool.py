@@ -195,20 +195,24 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
         # pipelining: big inputs stream in ~4 bands (load / pad copy / vector passes overlap)
         if N == 1 and bo == OH and C * H * W * it >= 512 * 1024 and OH >= 8:
             bo = -(-OH // 4)
-        # bands side by side on partition blocks: with C = 32/64 channels, G bands share one
-        # set of Vector instructions over G*C partitions (block starts obey the start rule)
-        G = P // C if (CT == 1 and C in (32, 64) and divmap is None) else 1
+        # bands side by side on partition blocks: with C <= 64 channels, G bands share one set of
+        # Vector instructions over the blocks (block i starts at i * pst, a multiple of 32 or 64
+        # as the start rule wants; with C < pst the lanes between blocks are filled and ignored)
+        pst = next((b for b in (32, 64) if C <= b), 0) if CT == 1 and divmap is None else 0
+        G = P // pst if pst else 1
         em.note(c_tiles=CT, band_rows=bo, bands=-(-OH // bo), bands_side_by_side=G)
         for n in range(N):
             bl = list(range(0, OH, bo))
             for g0 in range(0, len(bl), G):
                 grp = bl[g0:g0 + G]
                 rpb = (bo - 1) * sh + R
-                gp = parts * len(grp)
-                if G == 1 and band_in_place(n, grp[0], min(bo, OH - grp[0])):
+                gp = (pst * (len(grp) - 1) + parts) if len(grp) > 1 else parts
+                if len(grp) == 1 and band_in_place(n, grp[0], min(bo, OH - grp[0])):
                     continue
                 xt = em.sbuf_tile(gp, CT * rpb * W * it, cdt, "pool_x")
                 tiles = [xt]
+                if len(grp) > 1 and pst != parts:  # the lanes between blocks: defined, never stored
+                    em.memset(xt.ap((CT * rpb * W,), partitions=gp), fill)
                 nbo_max = 0
                 for i, oh0 in enumerate(grp):
                     nbo = min(bo, OH - oh0)
@@ -221,10 +225,10 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                     # rows of the tile no input row lands in (padding, or a short band's tail
                     # that the shared Vector instructions still read): the fill value
                     if partial:  # the last channel tile is partial: keep all its bytes defined
-                        em.memset(xt.ap((CT * rpb * W,), partitions=parts, start=i * parts), 0.0)
+                        em.memset(xt.ap((CT * rpb * W,), partitions=parts, start=i * pst), 0.0)
                     for f0, f1 in ((0, dr), (dr + nv, rpb)):
                         if f1 > f0:
-                            em.memset(xt.ap((CT, (f1 - f0) * W), (rpb * W, 1), f0 * W, partitions=parts, start=i * parts), fill)
+                            em.memset(xt.ap((CT, (f1 - f0) * W), (rpb * W, 1), f0 * W, partitions=parts, start=i * pst), fill)
                     if nv:
                         if (cm.blocked or CT == 1) and x.sbuf is not None and i == 0:
                             # resident input, same lanes: an engine copy (a DMA of these short
@@ -233,7 +237,7 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                                     x.flat_ap(n * C * H * W + ih0 * W, parts, CT * H * W, (CT, nv * W), (H * W, 1)),
                                     stream="gpsimd")
                         elif cm.blocked or CT == 1:
-                            em.dma_split(xt.ap((CT, nv * W), (rpb * W, 1), dr * W, partitions=parts, start=i * parts),
+                            em.dma_split(xt.ap((CT, nv * W), (rpb * W, 1), dr * W, partitions=parts, start=i * pst),
                                          x.flat_ap(n * C * H * W + ih0 * W, parts, CT * H * W, (CT, nv * W), (H * W, 1)))
                         else:
                             for j in range(CT):
@@ -263,7 +267,7 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                                 ot.ap((CT, nb_i * OW), (bo * OW, 1), partitions=parts), stream="gpsimd")
                     elif cm.blocked or CT == 1:
                         em.dma_split(out.flat_ap(n * C * OH * OW + oh0 * OW, parts, CT * OH * OW, (CT, nb_i * OW), (OH * OW, 1)),
-                                     ot.ap((CT, nb_i * OW), (bo * OW, 1), partitions=parts, start=i * parts))
+                                     ot.ap((CT, nb_i * OW), (bo * OW, 1), partitions=parts, start=i * pst))
                     else:
                         store(n, ot, oh0, nb_i, bo * OW)
                 em.free(*tiles)
