@@ -9,6 +9,16 @@ from tests.test_codegen_conv import conv_ref
 from tvm_poly.driver import compile_graph
 
 
+def _conv(b, rng, inp, ref, K, k, pad):
+    """A stride-1 k x k conv (K output channels, same size) on graph tensor ``inp`` whose reference
+    value is ``ref``: (graph tensor, numpy reference)."""
+    H = ref.shape[2]
+    w = (rng.standard_normal((K, ref.shape[1], k, k)) / np.sqrt(ref.shape[1] * k * k)).astype(np.float32)
+    y = b.op("conv2d", [inp, b.const(f"w{b.k}", w)], (1, K, H, H), strides=(1, 1), padding=(pad,) * 4,
+             groups=1, dilation=(1, 1))
+    return y, conv_ref(ref, w, (1, 1), (pad,) * 4)
+
+
 def _fire(E, H, rng, S=32, C=48):
     """SqueezeNet's fire module and a 1x1 conv after it: x -> squeeze 1x1 -> relu ->
     [expand 1x1 -> relu, expand 3x3 -> relu] -> concat -> conv 1x1."""
@@ -16,21 +26,15 @@ def _fire(E, H, rng, S=32, C=48):
     x = b.input("x", (1, C, H, H))
     xv = rng.standard_normal((1, C, H, H)).astype(np.float32)
 
-    def conv(inp, ref, K, k, pad):
-        w = (rng.standard_normal((K, ref.shape[1], k, k)) / np.sqrt(ref.shape[1] * k * k)).astype(np.float32)
-        y = b.op("conv2d", [inp, b.const(f"w{b.k}", w)], (1, K, H, H), strides=(1, 1), padding=(pad,) * 4,
-                 groups=1, dilation=(1, 1))
-        return y, conv_ref(ref, w, (1, 1), (pad,) * 4)
-
-    s, sr = conv(x, xv, S, 1, 0)
+    s, sr = _conv(b, rng, x, xv, S, 1, 0)
     s, sr = b.op("relu", [s], (1, S, H, H)), np.maximum(sr, 0)
-    e1, e1r = conv(s, sr, E, 1, 0)
+    e1, e1r = _conv(b, rng, s, sr, E, 1, 0)
     e1, e1r = b.op("relu", [e1], (1, E, H, H)), np.maximum(e1r, 0)
-    e3, e3r = conv(s, sr, E, 3, 1)
+    e3, e3r = _conv(b, rng, s, sr, E, 3, 1)
     e3, e3r = b.op("relu", [e3], (1, E, H, H)), np.maximum(e3r, 0)
     cat = b.op("concat", [e1, e3], (1, 2 * E, H, H), axis=1)
     catr = np.concatenate([e1r, e3r], axis=1)
-    o, orf = conv(cat, catr, 16, 1, 0)
+    o, orf = _conv(b, rng, cat, catr, 16, 1, 0)
     return b.build(o), o, {"x": xv}, orf
 
 
@@ -79,20 +83,14 @@ def _dense_block(H, rng, C0=64, G=32):
     x = b.input("x", (1, 16, H, H))
     xv = rng.standard_normal((1, 16, H, H)).astype(np.float32)
 
-    def conv(inp, ref, K, k, pad):
-        w = (rng.standard_normal((K, ref.shape[1], k, k)) / np.sqrt(ref.shape[1] * k * k)).astype(np.float32)
-        y = b.op("conv2d", [inp, b.const(f"w{b.k}", w)], (1, K, H, H), strides=(1, 1), padding=(pad,) * 4,
-                 groups=1, dilation=(1, 1))
-        return y, conv_ref(ref, w, (1, 1), (pad,) * 4)
-
-    cat, catr = conv(x, xv, C0, 1, 0)
+    cat, catr = _conv(b, rng, x, xv, C0, 1, 0)
     for _ in range(2):
         C = catr.shape[1]
         h, hr = b.op("relu", [cat], (1, C, H, H)), np.maximum(catr, 0)
-        n, nr = conv(h, hr, G, 3, 1)
+        n, nr = _conv(b, rng, h, hr, G, 3, 1)
         cat = b.op("concat", [cat, n], (1, C + G, H, H), axis=1)
         catr = np.concatenate([catr, nr], axis=1)
-    o, orf = conv(cat, catr, 16, 1, 0)
+    o, orf = _conv(b, rng, cat, catr, 16, 1, 0)
     return b.build(o), o, {"x": xv}, orf
 
 

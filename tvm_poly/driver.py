@@ -8,7 +8,7 @@ dtype); compile-time constants (laid out / folded weights) are ``weight`` tensor
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -142,8 +142,6 @@ class LowerCtx:
 
     def _slice(self, name: str) -> Value:
         """A concat input that lives in partitions [p0, p0 + rows) of the concat's resident buffer."""
-        import dataclasses
-
         if name not in self.values:
             p0, rows = self._slices[name]
             parent = self._alias[name]
@@ -151,7 +149,7 @@ class LowerCtx:
                 p0 += self._slices[parent][0]
                 parent = self._alias[parent]
             base = self.out(self.root(name))
-            tile = dataclasses.replace(base.sbuf, partitions=rows, start_partition=base.sbuf.start_partition + p0,
+            tile = replace(base.sbuf, partitions=rows, start_partition=base.sbuf.start_partition + p0,
                                        name=f"{base.sbuf.name}[p{p0}:{p0 + rows}]")
             self.values[name] = Value(name, tuple(self.tm[name].shape), base.dtype, sbuf=tile, images=base.images)
         return self.values[name]

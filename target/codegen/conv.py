@@ -189,10 +189,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     sliced = res_out and (lane_off > 0 or out.sbuf.partitions != km.parts)
     if sliced:
         km = ChanMap(K, out.sbuf.partitions)
-        if lane_off and not ((km.blocked or km.T == 1) and km.parts == out.sbuf.partitions and
-                             _start_ok(lane_off, km.parts) and
-                             lane_off + km.parts <= P and residual is None and lane_dup is None and
-                             weight_slot is None):
+        if not ((km.blocked or km.T == 1) and km.parts == out.sbuf.partitions and
+                _start_ok(lane_off, km.parts) and lane_off + km.parts <= P and
+                (lane_off == 0 or (residual is None and lane_dup is None and weight_slot is None))):
             raise CodegenError(f"conv2d into partitions [{lane_off}, {lane_off + out.sbuf.partitions}) of a "
                                f"resident buffer: needs a blocked {out.sbuf.partitions}-partition channel map, "
                                f"no residual, lane_dup or weight slot (K={K})")

@@ -230,15 +230,15 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                         if f1 > f0:
                             em.memset(xt.ap((CT, (f1 - f0) * W), (rpb * W, 1), f0 * W, partitions=parts, start=i * pst), fill)
                     if nv:
-                        if (cm.blocked or CT == 1) and x.sbuf is not None and i == 0:
-                            # resident input, same lanes: an engine copy (a DMA of these short
-                            # rows -- one 7x7 plane is 98 B in bf16 -- runs at a tenth of its rate)
-                            em.copy(xt.ap((CT, nv * W), (rpb * W, 1), dr * W, partitions=parts),
-                                    x.flat_ap(n * C * H * W + ih0 * W, parts, CT * H * W, (CT, nv * W), (H * W, 1)),
-                                    stream="gpsimd")
-                        elif cm.blocked or CT == 1:
-                            em.dma_split(xt.ap((CT, nv * W), (rpb * W, 1), dr * W, partitions=parts, start=i * pst),
-                                         x.flat_ap(n * C * H * W + ih0 * W, parts, CT * H * W, (CT, nv * W), (H * W, 1)))
+                        if cm.blocked or CT == 1:
+                            dst = xt.ap((CT, nv * W), (rpb * W, 1), dr * W, partitions=parts, start=i * pst)
+                            src = x.flat_ap(n * C * H * W + ih0 * W, parts, CT * H * W, (CT, nv * W), (H * W, 1))
+                            if x.sbuf is not None and i == 0:
+                                # resident input, same lanes: an engine copy (a DMA of these short
+                                # rows -- one 7x7 plane is 98 B in bf16 -- runs at a tenth of its rate)
+                                em.copy(dst, src, stream="gpsimd")
+                            else:
+                                em.dma_split(dst, src)
                         else:
                             for j in range(CT):
                                 em.dma_split(xt.ap((nv * W,), (1,), j * rpb * W + dr * W, partitions=cm.nparts(j)),
@@ -262,12 +262,13 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
                         em.act(ov, ov, scale=1.0 / (R * S))
                 for i, oh0 in enumerate(grp):
                     nb_i = min(bo, OH - oh0)
-                    if (cm.blocked or CT == 1) and out.sbuf is not None and i == 0:  # same lanes: engine copy
-                        em.copy(out.flat_ap(n * C * OH * OW + oh0 * OW, parts, CT * OH * OW, (CT, nb_i * OW), (OH * OW, 1)),
-                                ot.ap((CT, nb_i * OW), (bo * OW, 1), partitions=parts), stream="gpsimd")
-                    elif cm.blocked or CT == 1:
-                        em.dma_split(out.flat_ap(n * C * OH * OW + oh0 * OW, parts, CT * OH * OW, (CT, nb_i * OW), (OH * OW, 1)),
-                                     ot.ap((CT, nb_i * OW), (bo * OW, 1), partitions=parts, start=i * pst))
+                    if cm.blocked or CT == 1:
+                        dst = out.flat_ap(n * C * OH * OW + oh0 * OW, parts, CT * OH * OW, (CT, nb_i * OW), (OH * OW, 1))
+                        src = ot.ap((CT, nb_i * OW), (bo * OW, 1), partitions=parts, start=i * pst)
+                        if out.sbuf is not None and i == 0:  # resident output, same lanes: engine copy
+                            em.copy(dst, src, stream="gpsimd")
+                        else:
+                            em.dma_split(dst, src)
                     else:
                         store(n, ot, oh0, nb_i, bo * OW)
                 em.free(*tiles)

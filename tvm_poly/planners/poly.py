@@ -484,30 +484,26 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
             continue
         L = elems_out // rows_out
         a_r, n_r = alloc.slots[r]
-        take, off = [], 0
+        take, off = [], 0  # (input, first kernel it needs the buffer, p0, rows)
         for i in g.inputs:
             n = int(np.prod(tm[i].shape))
-            ri, pi = root(i), producer.get(root(i))
-            # other readers see the slice in the same layout when it has the tensor's own rows
-            ok = (ri == i and i in resident and pi is not None and pi not in tiled and off % L == 0 and
-                  n % L == 0 and groups[pi].kind == "conv2d" and
-                  (readers.get(i) == {gi} or (i in alloc.buffers and alloc.buffers[i].partitions == n // L)))
-            if (ri == i and i in alloc.slots and pi is not None and pi not in tiled and off % L == 0 and
-                    n % L == 0 and groups[pi].kind == "concat" and alloc.buffers[i].partitions == n // L and
-                    _start_ok(off // L, n // L) and len(step_of.get(groups[pi].name, ())) == 1):
-                take.append((i, alloc.buffers[i].start, off // L, n // L))  # a chained concat
-                off += n
-                continue
-            if ok:
-                rows, p0 = n // L, off // L
-                ps = step_of.get(groups[pi].name, ())
-                K = int(tm[i].shape[1])
-                cm = ChanMap(K, rows)
-                ok = (len(ps) == 1 and not any(ps[0].param(k) for k in ("residual", "lane_pair", "row_dup", "images", "rows"))
-                      and _start_ok(p0, rows) and cm.parts == rows and (cm.blocked or cm.T == 1))
-            if ok:
-                take.append((i, pi, p0, rows))
+            pi = producer.get(root(i))
+            aligned, p0, rows = off % L == 0 and n % L == 0, off // L, n // L
             off += n
+            # a resident tensor of its own (not sliced yet), on whole partitions of the output at
+            # a start the engines accept, produced once by an untiled kernel
+            if not (aligned and root(i) == i and i in alloc.slots and pi is not None and pi not in tiled and
+                    _start_ok(p0, rows) and len(step_of.get(groups[pi].name, ())) == 1):
+                continue
+            own_rows = alloc.buffers[i].partitions == rows  # other readers see it in its own layout
+            if groups[pi].kind == "concat" and own_rows:
+                take.append((i, alloc.buffers[i].start, p0, rows))  # a chained concat
+            elif groups[pi].kind == "conv2d" and (readers.get(i) == {gi} or own_rows):
+                ps = step_of[groups[pi].name][0]
+                cm = ChanMap(int(tm[i].shape[1]), rows)
+                if not any(ps.param(k) for k in ("residual", "lane_pair", "row_dup", "images", "rows")) and \
+                        cm.parts == rows and (cm.blocked or cm.T == 1):
+                    take.append((i, pi, p0, rows))
         if not take:
             continue
         t0 = min(pi for _, pi, _, _ in take)
