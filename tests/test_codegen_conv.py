@@ -22,7 +22,8 @@ def conv_ref(x, w, stride, pad, groups=1):
     return out
 
 
-def run_conv(xs, ws, stride, pad, groups=1, dtype="float32", bn=False, relu=False, bias=False, seed=0):
+def run_conv(xs, ws, stride, pad, groups=1, dtype="float32", bn=False, relu=False, bias=False, seed=0,
+             options=None):
     rng = np.random.default_rng(seed)
     b = GraphBuilder()
     x = b.input("x", xs)
@@ -43,7 +44,7 @@ def run_conv(xs, ws, stride, pad, groups=1, dtype="float32", bn=False, relu=Fals
     if relu:
         y = b.op("relu", [y], ref.shape)
     g = b.build(y)
-    cp = compile_graph(g, "inf2", dtype=dtype)
+    cp = compile_graph(g, "inf2", dtype=dtype, options=options)
     xv = rng.standard_normal(xs).astype(np.float32)
     outs, rep = cp.run({"x": xv})
     ref = conv_ref(xv, wv, stride, pad, groups)
@@ -228,6 +229,62 @@ def test_epilogue_columns_come_from_one_constant_block():
                    for _, st in cp.program.streams for i in st if i.tag != "const_block")
     outs, _ = cp.run(inputs)
     assert rel_err(outs[o], ref) <= TOL["float32"]
+
+
+@pytest.mark.parametrize("xs,ws,stride,pad,dtype", [
+    ((1, 3, 224, 224), (64, 3, 7, 7), (2, 2), (3, 3, 3, 3), "bfloat16"),  # ResNet stem
+    ((1, 3, 33, 31), (16, 3, 5, 3), (2, 1), (2, 1, 1, 0), "float32"),     # asymmetric padding
+    ((2, 3, 30, 30), (24, 3, 3, 3), (1, 1), (1, 1, 1, 1), "bfloat16"),    # stride 1, two images
+    ((1, 3, 40, 40), (8, 3, 11, 11), (4, 4), (2, 2, 2, 2), "float32")])   # AlexNet-like 11x11/4
+def test_stem_row_taps(xs, ws, stride, pad, dtype):
+    """``LowerOptions(stem="rows")``: the image is staged once, contiguously; partition (c, r)
+    holds input rows r, r+sh, ... of plane c as ONE contiguous run per band (every im2col DMA moves
+    whole unpadded rows), and each column tap s is its own matmul over the output columns whose
+    input column exists (clipped taps instead of padding columns)."""
+    from target import isa
+    from target.codegen.options import LowerOptions
+
+    err, cp, rep = run_conv(xs, ws, stride, pad, 1, dtype, bn=True, relu=True, options=LowerOptions(stem="rows"))
+    assert err <= TOL[dtype], err
+    N, C, H, W = xs
+    K, _, R, S = ws
+    assert rep.hbm_read_bytes < N * C * H * W * 4 + 64 * 1024  # the image(s) once, plus weights
+    mms = cp.program.stream("tensor")
+    assert {m.stationary.num_partitions for m in mms} == {C * R}
+    OH = (H + pad[0] + pad[2] - R) // stride[0] + 1
+    OW = (W + pad[1] + pad[3] - S) // stride[1] + 1
+    nblk = -(-OH // max(1, 512 // OW))  # pixel blocks of whole rows per image
+    assert len(mms) <= N * nblk * S + N * nblk  # S taps per block (a band edge may add a block)
+    assert sum(m.moving.free_elems for m in mms) < N * OH * OW * S  # clipped taps skip padding columns
+    im2col = [i for _, st in cp.program.streams for i in st
+              if isinstance(i, isa.DmaCopy) and i.src.mem == isa.Mem.SBUF and i.dst.mem == isa.Mem.SBUF]
+    assert im2col and all(i.dst.free_elems % W == 0 and i.src.sizes[-1] == i.dst.free_elems for i in im2col)
+
+
+def test_lowering_search_keeps_the_earliest_estimated_end():
+    """The poly planner's programs are lowered with each lowering option that differs in one field
+    and the earliest estimated end wins; the emitter's estimate is the simulated latency."""
+    from target.codegen.options import LowerOptions
+
+    rng = np.random.default_rng(0)
+    b = GraphBuilder()
+    x = b.input("x", (1, 3, 64, 64))
+    w1 = b.const("w1", rng.standard_normal((32, 3, 7, 7)).astype(np.float32) * 0.1)
+    y = b.op("conv2d", [x, w1], (1, 32, 32, 32), strides=(2, 2), padding=(3, 3, 3, 3), groups=1, dilation=(1, 1))
+    y = b.op("relu", [y], (1, 32, 32, 32))
+    w2 = b.const("w2", rng.standard_normal((64, 32, 3, 3)).astype(np.float32) * 0.1)
+    y = b.op("conv2d", [y, w2], (1, 64, 32, 32), strides=(1, 1), padding=(1, 1, 1, 1), groups=1, dilation=(1, 1))
+    g = b.build(y)
+    cp = compile_graph(g, "inf2", planner="poly", dtype="bfloat16")
+    tried = dict(cp.search)
+    assert len(tried) >= 1 + len(LowerOptions().neighbours()) - 1 and LowerOptions() in tried
+    assert tried[cp.options] == min(tried.values())
+    _, rep = cp.run({"x": rng.standard_normal((1, 3, 64, 64)).astype(np.float32)})
+    assert abs(rep.latency_us - tried[cp.options]) <= 0.01 * rep.latency_us
+    fixed = compile_graph(g, "inf2", planner="poly", dtype="bfloat16", options=LowerOptions(stem="rows"))
+    assert fixed.options == LowerOptions(stem="rows") and len(fixed.search) == 1
+    with pytest.raises(ValueError, match="stem"):
+        LowerOptions(stem="diagonal")
 
 
 def test_stem_restages_each_image_of_a_batch():

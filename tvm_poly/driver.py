@@ -37,6 +37,8 @@ class CompiledProgram:
     compile_seconds: float = 0.0
     runtime_weights: tuple = ()  # (hbm name, graph tensor name) of weights given at run time
     schedule: tuple = ()  # (kernel tag, ((choice, value), ...)): tiling chosen by the codegen
+    options: object = None  # the LowerOptions the program was lowered with
+    search: tuple = ()  # (LowerOptions, estimated end in us) of every lowering tried, in order
 
     def schedule_text(self) -> str:
         """The codegen's per-kernel schedule choices, one line per kernel."""
@@ -189,8 +191,18 @@ class LowerCtx:
 
 
 def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype: str = "float32",
-                  plan: Optional[Plan] = None, name: str = None) -> CompiledProgram:
+                  plan: Optional[Plan] = None, name: str = None, options=None,
+                  search: Optional[bool] = None) -> CompiledProgram:
+    """Plan (unless ``plan`` is given) and lower ``graph`` for ``config``.
+
+    ``options`` (:class:`target.codegen.options.LowerOptions`) fixes the lowering options;
+    otherwise, with ``search`` (default: on for the ``poly`` planner), the program is lowered
+    from the default options and then with each option that differs in one field, moving to the
+    best while it improves (coordinate descent), and the lowering with the earliest estimated end
+    (the emitter's clock, see ``Emitter.estimated_end_us``) is kept.  ``CompiledProgram.search``
+    lists every lowering tried."""
     from target.config import load_config
+    from target.codegen.options import LowerOptions
 
     t0 = time.perf_counter()
     if dtype not in DTYPES:
@@ -200,7 +212,36 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
     if plan is None:
         plan = get_planner(planner)(graph, cfg, dtype)
     cdt = DTYPES[dtype]
-    em = Emitter(cfg, name or graph.name)
+    if search is None:
+        search = options is None and planner == "poly"
+    best = _lower(graph, plan, cfg, cdt, name, options or LowerOptions())
+    tried = [(best[0], best[1])]
+    if search:
+        seen = {best[0]}
+        improved = True
+        while improved:
+            improved = False
+            for opt in best[0].neighbours():
+                if opt in seen:
+                    continue
+                seen.add(opt)
+                try:
+                    cand = _lower(graph, plan, cfg, cdt, name, opt)
+                except CodegenError:  # an option this program cannot take (e.g. SBUF too small)
+                    continue
+                tried.append((cand[0], cand[1]))
+                if cand[1] < best[1] - 1e-6:
+                    best, improved = cand, True
+                    break
+    opts, _, program, ctx, schedule = best
+    return CompiledProgram(program, ctx.constants, tuple(ctx.inputs), tuple(ctx.outputs), plan, cfg,
+                           dtype, time.perf_counter() - t0, tuple(ctx.runtime_weights), schedule,
+                           opts, tuple(tried))
+
+
+def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options):
+    """One lowering of ``plan``: (options, estimated end us, program, ctx, schedule)."""
+    em = Emitter(cfg, name or graph.name, options=options)
     ctx = LowerCtx(em, graph, plan, cdt)
     for nm in graph.inputs:
         t = graph.tensor(nm)
@@ -236,5 +277,4 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
             raise CodegenError(f"graph output {o} is not produced by any NeuronCore kernel")
     program = em.finish()
     schedule = tuple((g.tag, tuple(em.notes.get(g.tag, {}).items())) for g in plan.groups)
-    return CompiledProgram(program, ctx.constants, tuple(ctx.inputs), tuple(ctx.outputs), plan, cfg,
-                           dtype, time.perf_counter() - t0, tuple(ctx.runtime_weights), schedule)
+    return options, em.estimated_end_us(), program, ctx, schedule

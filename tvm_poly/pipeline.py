@@ -495,7 +495,8 @@ def _rewrite(mod, gv, func, plans, host_ops, info, spec, planner, dtype):
                 cp, seg_index, seg_count, bindings, ids, func, host_ops, spec, config_text,
                 planner, dtype))
             info["segments"].append({"index": seg_index, "ops": names,
-                                     "instructions": cp.program.num_instructions})
+                                     "instructions": cp.program.num_instructions,
+                                     "lowering": cp.options.describe() if cp.options else None})
             seg_index += 1
         new_blocks.append(relax.DataflowBlock(new_bindings))
 

@@ -26,13 +26,10 @@ import numpy as np
 
 from target import isa
 from .emitter import AllocationError, CodegenError, Emitter
+from .options import weight_split
 from .values import Value
 
 
-WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer rounds of per-DMA latency
-# weights the plan loads ahead of their kernel (poly's ``prefetch``) are off the critical path:
-# pieces of at least this size (fewer per-DMA latencies) instead of one piece per queue
-PREFETCH_MIN_PIECE = 256 * 1024
 PIPE_MIN_BYTES = 512 * 1024  # input loads at least this big are pipelined in row bands
 
 
@@ -98,7 +95,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     shape as ``out``): out = func(conv * scale + bias + residual); the residual is accumulated
     into the conv's PSUM bank by one identity matmul per pixel block (scale folded into the
     weights), so the add costs no Vector/Scalar pass.  ``prefetch``: the plan issues this kernel's
-    weight loads ahead of it, so they are cut in bandwidth-sized pieces (``PREFETCH_MIN_PIECE``).
+    weight loads ahead of it, so they are cut in bandwidth-sized pieces (``options.weight_split``).
     ``pinned(arr) -> (tile, column) | None``: where the epilogue columns live when the program
     keeps them in its constant block (:mod:`target.codegen.const_block`).
     ``weight_slot = (tile, cache)``: a planner-placed SBUF tile that keeps this kernel's weights
@@ -168,7 +165,27 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                              x.flat_ap(n * C * H * W + h0 * W, C, H * W, (na, W), (sh * W, 1)))
         staged[0] = n
 
-    if packed and x.sbuf is None and R * S >= 2 * sh * sw and \
+    # row taps (packed, one image row pitch): partition (c, r) holds input rows r, r+1, ... of the
+    # row-padded plane c contiguously (pitch W, no padding columns), so taps s are moving-AP column
+    # offsets clipped to the columns inside the image (see ``_clipped_cols``), every im2col band is
+    # ONE contiguous run per partition (full-rate DMA) and the image comes in once, contiguously
+    Hs = max(pt + H + pb, (OH - 1) * sh + R)  # staged rows (zero rows above and below)
+    full_cols = [s for s in range(S) if s - pl >= 0 and (OW - 1) * sw + s - pl <= W - 1]
+    rowtap = packed and x.sbuf is None and C * R <= P and bool(full_cols) and \
+        Hs * W * it <= 0.7 * em.sbuf.largest_free() and em.options.stem == "rows"
+    if rowtap:
+        stage = em.sbuf_tile(C, Hs * W * it, cdt, "conv_stage")
+
+        def stage_image(n):
+            if staged[0] is None:
+                if pt:
+                    em.memset(stage.ap((pt * W,)), 0.0)
+                if Hs - pt - H:
+                    em.memset(stage.ap(((Hs - pt - H) * W,), elem_offset=(pt + H) * W), 0.0)
+            em.dma_split(stage.ap((H, W), (W, 1), pt * W), x.flat_ap(n * C * H * W, C, H * W, (H, W), (W, 1)))
+            staged[0] = n
+        stage_image(0)
+    elif packed and x.sbuf is None and R * S >= 2 * sh * sw and \
             sh * Hq * Wp * it <= 0.7 * em.sbuf.largest_free():
         # load once, padded and split by row parity: the im2col DMAs read each input element
         # ~R*S/(sh*sw) times, so the image comes in once (one channel per partition) and they
@@ -272,10 +289,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             return max(t_pe, t_dma), nphase, S1, Wu2
         maxn_ = em.max_moving_free
         cands = [plan_for(S)] + ([plan_for(sw)] if 1 < sw < S else [])
-        _, nphase, S1, Wu = min(cands)
+        _, nphase, S1, Wu = min(cands) if not rowtap else (0, 1, S, W)
         # r innermost: consecutive partitions read consecutive input rows (one DMA per run); from
         # the parity-split stage, r grouped by parity (r, r+sh, ... are consecutive plane rows)
-        rs = sorted(range(R), key=lambda r: (r % sh, r)) if stage is not None else list(range(R))
+        rs = sorted(range(R), key=lambda r: (r % sh, r)) if stage is not None and not rowtap else list(range(R))
         taps = [(c, r, s0) for c in range(C) for s0 in range(nphase) for r in rs]
         nQ = -(-len(taps) // P)
         qsz = -(-len(taps) // nQ)
@@ -406,11 +423,14 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
 
     if not packed:
         Wu = (OW - 1) * sw + 1
-    Wrow = Wp if stage is not None else Wu  # row pitch of the packed im2col band tiles
+    Wrow = W if rowtap else Wp if stage is not None else Wu  # row pitch of the packed im2col band tiles
+
+    def trows(bo):  # rows per partition of a packed band tile
+        return (bo - 1) * sh + 1 if rowtap else bo
 
     def band_bytes(bo):
         if packed:
-            return len(chunks) * bo * Wrow * it + (0 if res_out else KT * bo * OW * it)
+            return len(chunks) * trows(bo) * Wrow * it + (0 if res_out else KT * bo * OW * it)
         rows_p = in_rows(bo)
         b = 0 if res_in else CT * rows_p * W * it
         if any(pad) and not clip:
@@ -451,7 +471,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             tap_pack=(None if packed else tpack), k_groups=len(kgroups), band_rows=bo, bands=N * nbands,
             resident_in=res_in, resident_out=res_out)
     if packed:
-        in_pools = [em.pool("sbuf", len(ch), bo * Wrow * it, cdt, nb, f"conv_in{q}_") for q, ch in enumerate(chunks)]
+        in_pools = [em.pool("sbuf", len(ch), trows(bo) * Wrow * it, cdt, nb, f"conv_in{q}_") for q, ch in enumerate(chunks)]
         pad_pool = None
     else:
         in_pool = None if res_in else em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * W * it, cdt, nb, "conv_in")
@@ -478,6 +498,22 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             has_pad = any(pad)
             if stage is not None and staged[0] != n:
                 stage_image(n)
+            if rowtap:  # per channel: R partitions <- R row-shifted runs of the stage
+                nrow = trows(nbo)
+                npc = max(1, min(nrow, -(-len(em.dma_streams) // C))) if oh0 == 0 else 1
+                step = -(-nrow // npc)
+                for c in range(C):
+                    for f0 in range(0, nrow, step):
+                        nf = min(step, nrow - f0)
+                        em.dma(tiles[0].ap((nf * W,), elem_offset=f0 * W, partitions=R, start=c * R),
+                               stage.ap((R, nf * W), (W, 1), (oh0 * sh + f0) * W, partitions=1, start=c))
+
+                def mov(blk, t0, nr, ow0, nw):
+                    off = t0 * sh * W + ow0 * sw + blk[1] - pl
+                    if nr == 1:
+                        return tiles[0].ap((nw,), (sw,), off, partitions=len(chunks[0]))
+                    return tiles[0].ap((nr, nw), (sh * W, sw), off, partitions=len(chunks[0]))
+                return mov
             for q, ch in enumerate(chunks) if stage is not None else ():
                 # from the padded parity planes: one DMA per run of partitions (c, s0, r, r+sh..)
                 runs = []
@@ -616,7 +652,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             em.memset(t.ap((lane_off,), partitions=a.shape[0]), 0.0)
         em.dma_split(t.ap((a.shape[1],), elem_offset=lane_off, partitions=a.shape[0]),
                      wvals[gi].flat_ap(0, a.shape[0], a.shape[1], (a.shape[1],), (1,)),
-                     piece_bytes=WEIGHT_PIECE_BYTES, min_piece=PREFETCH_MIN_PIECE if prefetch else None)
+                     **weight_split(em.options, prefetch))
         if dup:
             em.copy(t.ap((a.shape[1],), elem_offset=a.shape[1], partitions=a.shape[0]),
                     t.ap((a.shape[1],), partitions=a.shape[0]), stream="gpsimd")
@@ -624,7 +660,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             n1 = wsingle.shape[1]
             em.dma_split(t.ap((n1,), elem_offset=a.shape[1] + lane_off, partitions=C),
                          wsval.flat_ap(0, C, n1, (n1,), (1,)),
-                         piece_bytes=WEIGHT_PIECE_BYTES, min_piece=PREFETCH_MIN_PIECE if prefetch else None)
+                         **weight_split(em.options, prefetch))
         return t
 
     def resident_off(v, n, jk, nk, pix):
@@ -688,7 +724,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                 ps = psum_pool.next()
                 nkm = (2 * nk if dup else nk) + lane_off
                 dst = ps.ap((nr * nw,), partitions=nkm)
-                mms = [(blk, dst, t0, nr, ow0, nw) for blk in blks] if not clip else \
+                mms = _clipped_cols(blks, ps, nkm, t0, nr, ow0, nw, sw, pl, W) if rowtap else \
+                    [(blk, dst, t0, nr, ow0, nw) for blk in blks] if not clip else \
                     _clipped(blks, ps, nkm, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl, H, W)
                 for bi2, (blk, d_ap, a0, na, b0, nb_) in enumerate(mms):
                     em.matmul(d_ap, stat(gi, blk, jk, nkm), mov(blk, a0, na, b0, nb_),
@@ -781,6 +818,34 @@ def _clipped(blks, ps, nk, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl,
             out.append(item)
     if first is None:
         raise CodegenError("conv2d clipped taps: no contraction block covers the whole PSUM block")
+    return [first] + out
+
+
+def _clipped_cols(blks, ps, nk, t0, nr, ow0, nw, sw, pl, W):
+    """Matmuls of one PSUM block [nr rows x nw columns] of a row-tap conv: block (q, s) reads
+    input column ow*sw + s - pl, so it covers the output columns where that lies in [0, W)
+    (outside is the zero padding: nothing to add).  A block valid for every column opens the group."""
+    out, first = [], None
+    for blk in blks:
+        s = blk[1]
+        lo = max(ow0, -(-(pl - s) // sw))
+        hi = min(ow0 + nw, (W - 1 + pl - s) // sw + 1)
+        if hi <= lo:
+            continue
+        nb = hi - lo
+        if nb == nw:
+            d_ap = ps.ap((nr * nw,), partitions=nk)
+        elif nr == 1:
+            d_ap = ps.ap((nb,), (1,), lo - ow0, partitions=nk)
+        else:
+            d_ap = ps.ap((nr, nb), (nw, 1), lo - ow0, partitions=nk)
+        item = (blk, d_ap, t0, nr, lo, nb)
+        if first is None and nb == nw:
+            first = item
+        else:
+            out.append(item)
+    if first is None:
+        raise CodegenError("conv2d row taps: no tap covers the whole PSUM block")
     return [first] + out
 
 

@@ -340,9 +340,11 @@ class _Rec:
 class Emitter:
     """Collects instructions for one Program (see module docstring)."""
 
-    def __init__(self, config, name: str = "program", dma_queues: Optional[int] = None):
+    def __init__(self, config, name: str = "program", dma_queues: Optional[int] = None, options=None):
+        from .options import LowerOptions
         self.config = config
         self.name = name
+        self.options = options if options is not None else LowerOptions()
         self.partitions = int(getattr(config, "sbuf_partitions", 128))
         self.sbuf = _RangeAllocator(int(getattr(config, "sbuf_bytes_per_partition", 196608)), 64, "SBUF")
         self.psum_bank_bytes = int(getattr(config, "psum_bank_bytes", 2048))
@@ -594,6 +596,13 @@ class Emitter:
         return self.emit(stream, isa.TensorReduce, dst=dst, src=src, op=op, axes=axes)
 
     # ---------------------------------------------------------------- finish
+    def estimated_end_us(self) -> float:
+        """When the program's last instruction completes, by the emitter's clock (the simulator's
+        cost model applied in issue order: equal to the simulated latency when every engine's
+        order of work is the one issued)."""
+        end = max((r.end for recs in self.streams.values() for r in recs), default=0)
+        return end / self.config.tick_khz * 1000
+
     def finish(self) -> isa.Program:
         waited = defaultdict(set)
         for recs in self.streams.values():

@@ -21,12 +21,12 @@ from __future__ import annotations
 import numpy as np
 
 from target import isa
-from .conv import PREFETCH_MIN_PIECE, ChanMap  # the prefetch piece size: see conv2d's ``prefetch``
+from .conv import ChanMap
+from .options import weight_split
 from .emitter import CodegenError, Emitter
 from .values import Value, prod
 
 SMALL_M = 16
-WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer DMAs
 
 
 def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func: str = "identity",
@@ -79,10 +79,10 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
         t = bpool.next()
         if chunked is not None:  # chunk c: rows [c*parts, (c+1)*parts), KT*NC contiguous each
             em.dma_split(t.ap((KT * NC,)), chunked.flat_ap(c * parts * KT * NC, parts, KT * NC, (KT * NC,), (1,)),
-                         piece_bytes=WEIGHT_PIECE_BYTES, min_piece=PREFETCH_MIN_PIECE if prefetch else None)
+                         **weight_split(em.options, prefetch))
         elif blocked or KT == 1:
             em.dma_split(t.ap((KT, nn), (NC, 1)), b.flat_ap(n0, parts, KT * N, (KT, nn), (N, 1)),
-                         piece_bytes=WEIGHT_PIECE_BYTES, min_piece=PREFETCH_MIN_PIECE if prefetch else None)
+                         **weight_split(em.options, prefetch))
         else:
             for j in range(KT):
                 em.dma_split(t.ap((nn,), (1,), j * NC, partitions=kparts(j)),

@@ -1,0 +1,63 @@
+"""Lowering options: the codegen choices whose best value depends on the whole program.
+
+Most schedule choices are local (a kernel's tiles follow from its shapes and the free SBUF).  A
+few trade one engine's time against another's, and which side is scarce depends on everything
+around the kernel: e.g. the stem's im2col layout costs DMA or Tensor-engine time, and which one
+the program can spare decides whether the next layers' weight prefetch keeps up.  Those choices
+are fields here; :func:`tvm_poly.driver.compile_graph` lowers the program with each alternative
+(one field at a time) and keeps the one whose estimated end is earliest -- the emitter's clock
+follows the simulator's cost model instruction by instruction, so that is a measurement of the
+candidate, not a guess.
+
+=================  ==========================================================================
+``stem``           packed convs (few input channels, e.g. the 3-channel stem) from HBM:
+                   ``"phase"`` -- the image staged split by row parity, taps (c, r, s0) on
+                   partitions (fewest matmuls, short 1-row DMA runs into the stage);
+                   ``"rows"`` -- the image staged contiguously, taps (c, r) on partitions and
+                   every s a clipped moving-AP column offset (full-rate DMA, R*S/(C*R) x more
+                   matmuls per pixel block)
+``prefetch_piece`` the least bytes per DMA piece of a weight load the plan issues ahead of its
+                   kernel (fewer, larger pieces: fewer per-transfer latencies on the queues;
+                   smaller: a kernel's weights spread over more queues and arrive sooner)
+=================  ==========================================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class LowerOptions:
+    stem: str = "phase"
+    prefetch_piece: int = 256 * 1024
+
+    def __post_init__(self):
+        if self.stem not in STEM_LAYOUTS:
+            raise ValueError(f"LowerOptions.stem {self.stem!r}: expected one of {STEM_LAYOUTS}")
+        if self.prefetch_piece < 4096:
+            raise ValueError(f"LowerOptions.prefetch_piece {self.prefetch_piece}: at least 4096 bytes")
+
+    def neighbours(self) -> list:
+        """The options that differ from this one in exactly one field (the search's moves)."""
+        out = []
+        for f in fields(self):
+            for v in ALTERNATIVES[f.name]:
+                if v != getattr(self, f.name):
+                    out.append(replace(self, **{f.name: v}))
+        return out
+
+    def describe(self) -> str:
+        return ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+
+STEM_LAYOUTS = ("phase", "rows")
+ALTERNATIVES = {"stem": STEM_LAYOUTS, "prefetch_piece": (256 * 1024, 512 * 1024, 1024 * 1024)}
+WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer rounds of per-DMA latency
+
+
+def weight_split(options: LowerOptions, prefetch: bool) -> dict:
+    """``Emitter.dma_split`` arguments of a weight load (``prefetch``: issued ahead of its kernel,
+    off the critical path, so cut in pieces of at least ``options.prefetch_piece``)."""
+    if not prefetch:
+        return {"piece_bytes": WEIGHT_PIECE_BYTES}
+    return {"piece_bytes": max(WEIGHT_PIECE_BYTES, options.prefetch_piece), "min_piece": options.prefetch_piece}
