@@ -223,3 +223,38 @@ def test_inconsistent_band_steps_are_refused_with_a_clear_error():
     stale = _corrupt_step(plan, lambda gp: gp is late, in_rows=bad)
     with pytest.raises(CodegenError, match="not in its band buffer"):
         compile_graph(g, cfg, planner="poly", dtype="float32", plan=stale)
+
+
+@pytest.mark.parametrize("C", [64, 192])
+def test_lrn_runs_in_row_bands_in_place(C):
+    """conv -> LRN -> conv whose intermediates only fit as band buffers: the LRN (a channel
+    window, rows map to themselves) joins the row segment and reads / writes the band buffers in
+    place (C = 192: the blocked layout, 96 partitions x 2 planes, band matrix per plane pair)."""
+    from target import isa
+    from tests.codegen_util import GraphBuilder, rel_err
+    from tests.test_codegen_conv import conv_ref
+    from tests.test_codegen_lrn import lrn_chain, lrn_ref
+
+    rng = np.random.default_rng(3)
+    H = 40
+    b = GraphBuilder()
+    x = b.input("x", (1, 16, H, H))
+    w1 = rng.standard_normal((C, 16, 3, 3)).astype(np.float32) * 0.2
+    w2 = rng.standard_normal((24, C, 3, 3)).astype(np.float32) * (0.5 / np.sqrt(C))
+    s = (1, C, H, H)
+    h = b.op("relu", [b.op("conv2d", [x, b.const("w1", w1)], s, padding=(1, 1, 1, 1), strides=(1, 1))], s)
+    n = lrn_chain(b, h, s, 5, 1e-3, 0.75, 1.0)
+    o = b.op("conv2d", [n, b.const("w2", w2)], (1, 24, H, H), padding=(1, 1, 1, 1), strides=(1, 1))
+    g = b.build([o])
+    cp = compile_graph(g, _small_sbuf(40), planner="poly", dtype="float32")
+    xv = rng.standard_normal((1, 16, H, H)).astype(np.float32)
+    outs, rep = cp.run({x: xv})
+    ref = conv_ref(lrn_ref(np.maximum(conv_ref(xv, w1, (1, 1), (1,) * 4), 0), 5, 1e-3, 0.75, 1.0), w2, (1, 1), (1,) * 4)
+    assert rel_err(outs[o], ref) <= 1e-5
+    lrns = [gp for gp in cp.plan.groups if gp.kind == "lrn"]
+    assert len(lrns) > 1 and all(gp.param("rows") for gp in lrns)  # one step per band
+    assert {cp.plan.placement(t).placement for t in (lrns[0].inputs[0], lrns[0].output)} == {"sbuf"}
+    lrn_dmas = [i for _, st in cp.program.streams for i in st if isinstance(i, isa.DmaCopy) and
+                i.tag in {gp.tag for gp in lrns}]
+    assert all(i.src.mem == isa.Mem.HBM for i in lrn_dmas)  # the band matrix only: no copies
+    assert sum(i.src.nbytes for i in lrn_dmas) == C * C * 4  # once: it stays in its slot across bands

@@ -15,6 +15,7 @@ JSON schema (``schema: tvm-poly-bench/1``)::
         "cycles", "latency_us", "dma_stall_cycles", "macs", "macs_per_hbm_byte", "mfu",
         "sbuf_peak_bytes", "kernels", "instructions", "compile_seconds", "simulate_seconds",
         "rel_err" (vs onnxruntime, fp32 logits; null if --no-reference), "planner_info",
+        "lowering" (the LowerOptions kept), "lowerings_tried",
         "per_kernel": [[tag, hbm_read, hbm_write, busiest-engine cycles], ...]}}}
 
 Compulsory floor: graph inputs and outputs once in fp32 (their HBM dtype) plus every weight
@@ -151,6 +152,8 @@ def run_cell(model, planner, config, dtype, batch, reference=True, keep=None) ->
             "instructions": int(rep.num_instructions),
             "compile_seconds": round(t1 - t0, 3), "simulate_seconds": round(t2 - t1, 3),
             "rel_err": err, "planner_info": _jsonable(_short_info(info)),
+            "lowering": cp.options.describe() if cp.options else None,
+            "lowerings_tried": len(cp.search),
             "per_kernel": [[tag, int(t["hbm_read_bytes"]), int(t["hbm_write_bytes"]),
                             int(max((t.get("engine_active_cycles") or {0: 0}).values()))]
                            for tag, t in d["per_tag"].items()],

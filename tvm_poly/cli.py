@@ -165,6 +165,7 @@ def cmd_run(argv) -> int:
     if polyinf:
         report.setdefault("host_ops", info.get("host_ops", []))
         report["device_ops"] = info.get("device_ops", 0)
+        report["lowering"] = [sg.get("lowering") for sg in info.get("segments", [])]
     if args.reference:
         ref = models.reference_outputs(model, {n: values[n] for n in shapes})
         report["reference_rel_err"] = {n: models.rel_err(outputs[n], ref[n]) for n in outputs}
@@ -190,6 +191,9 @@ def _print_summary(r, polyinf, args, planner, dtype):
     if polyinf:
         host = r.get("host_ops") or []
         ops = sorted({h["op"] for h in host})
+        low = sorted({x for x in r.get("lowering") or [] if x})
+        if low:  # the lowering options the search kept (per segment when they differ)
+            rows.append(("lowering", "; ".join(low)))
         rows.append(("offload", f"{r.get('device_ops', 0)} ops on the NeuronCore in "
                                 f"{r.get('segments', 0)} segment(s); "
                                 f"{len(host)} on the host" + (f" ({', '.join(ops)})" if ops else "")))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SPATIAL_KINDS = {"conv2d", "pool", "elementwise", "batch_norm", "concat"}
+SPATIAL_KINDS = {"conv2d", "pool", "elementwise", "batch_norm", "concat", "lrn"}
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from target import isa
+from .conv import ChanMap
 from .emitter import CodegenError, Emitter
 from .values import Value, prod
 
@@ -51,23 +52,49 @@ def _tiles(C, P):
 
 def channel_window(em: Emitter, x: Value, out: Value, B: np.ndarray, size: int, pf: int, const,
                    cdt: str, mode: str, channel_axis: int = 1, alpha: float = 1.0, bias: float = 1.0,
-                   beta: float = 0.75, name: str = "lrn"):
-    """mode 'lrn': out = x * (bias + alpha * (B^T x^2))^-beta;  mode 'sum': out = B^T x."""
+                   beta: float = 0.75, name: str = "lrn", band_slot=None):
+    """mode 'lrn': out = x * (bias + alpha * (B^T x^2))^-beta;  mode 'sum': out = B^T x.
+    ``band_slot = (tile, cache)``: a planner-placed SBUF tile that keeps the band matrix across
+    the kernel's calls (spatial tiling runs it once per row band; a later call loads nothing)."""
     N, C, F = x.ncf(channel_axis)
     P = em.partitions
     it = isa.DTYPES[cdt]
-    tiles = _tiles(C, P)
+    # channel tiles: 128 consecutive channels each, or -- when an operand is SBUF-resident in the
+    # blocked layout (C = parts x T, channel p*T + t on partition p, plane t) -- the planes of that
+    # layout.  Blocked tiles are consecutive tiles of the channel order ``order``; the band matrix
+    # is permuted the same way, so tile pair (i, j) is its block [i*parts.., j*parts..]
+    cm = ChanMap(C, P)
+    blocked = channel_axis == 1 and C > P and cm.blocked and (x.sbuf is not None or out.sbuf is not None)
+    if blocked:
+        order = np.array([p * cm.T + t for t in range(cm.T) for p in range(cm.parts)])
+        B = B[np.ix_(order, order)]
+        tiles = [(t * cm.parts, cm.parts) for t in range(cm.T)]
+    else:
+        tiles = _tiles(C, P)
     T = len(tiles)
     MM = min(em.max_moving_free, em.psum_bank_bytes // 4)
-    # which input tiles reach output tile j
-    reach = []
-    for j, (c0, nc) in enumerate(tiles):
-        lo, hi = max(0, c0 - pf), min(C, c0 + nc - 1 - pf + size)  # input channels [lo, hi)
-        reach.append([i for i, (d0, nd) in enumerate(tiles) if d0 < hi and lo < d0 + nd])
-    bconst = const(f"{name}/band", B, cdt)
-    band = em.sbuf_tile(min(P, C), T * C * it, cdt, f"{name}_band")
-    for i, (d0, nd) in enumerate(tiles):
-        em.dma_split(band.ap((C,), elem_offset=i * C, partitions=nd), bconst.flat_ap(d0 * C, nd, C, (C,), (1,)))
+
+    def cap(v, n, t, f0, nf):
+        """Tile t's channels of image n, elements [f0, f0 + nf) of each channel plane."""
+        if blocked:
+            return v.flat_ap(n * C * F + t * F + f0, cm.parts, cm.T * F, (nf,), (1,))
+        c0, nc = tiles[t]
+        return v.chan_ap(n, c0, nc, f0, (nf,), (1,), channel_axis=channel_axis)
+
+    # which input tiles reach output tile j (a nonzero block of the band matrix)
+    reach = [[i for i, (d0, nd) in enumerate(tiles) if np.any(B[d0:d0 + nd, c0:c0 + nc])]
+             for c0, nc in tiles]
+    if band_slot is not None and (band_slot[0].partitions < min(P, C) or band_slot[0].nbytes < T * C * it):
+        raise CodegenError(f"{name}: band matrix slot {band_slot[0].partitions} x {band_slot[0].nbytes} B is "
+                           f"smaller than {min(P, C)} x {T * C * it} B")
+    held = band_slot[1].get("band") if band_slot is not None else None
+    band = band_slot[0] if band_slot is not None else em.sbuf_tile(min(P, C), T * C * it, cdt, f"{name}_band")
+    if held is None or held.shape != B.shape or not np.array_equal(held, B):
+        bconst = const(f"{name}/band", B, cdt)
+        for i, (d0, nd) in enumerate(tiles):
+            em.dma_split(band.ap((C,), elem_offset=i * C, partitions=nd), bconst.flat_ap(d0 * C, nd, C, (C,), (1,)))
+        if band_slot is not None:
+            band_slot[1]["band"] = B
     nbuf_per = (2 if mode == "lrn" else 1) + 1  # x (+ square) + out per channel tile
     budget = max(MM * it, em.sbuf.largest_free() // 2)
     fch = max(MM, min(CHUNK_BYTES // it, budget // max(1, T * nbuf_per * BUFS * it)))
@@ -81,19 +108,19 @@ def channel_window(em: Emitter, x: Value, out: Value, B: np.ndarray, size: int, 
     ppool = em.pool("psum", min(P, C), MM * 4, "fp32", 4, f"{name}_ps")
     steps = [(n, f0, min(fch, F - f0)) for n in range(N) for f0 in range(0, F, fch)]
 
-    # an SBUF-resident operand of at most 128 channels (one per partition, the row-split layout)
+    # an SBUF-resident operand (at most 128 channels, one per partition, or the blocked layout)
     # is read / written in place: no SBUF->SBUF copies around the kernel
-    x_in = x.sbuf is not None and x.base is None and T == 1 and channel_axis == 1
-    o_in = out.sbuf is not None and out.base is None and T == 1 and channel_axis == 1
+    x_in = x.sbuf is not None and (T == 1 or blocked) and channel_axis == 1
+    o_in = out.sbuf is not None and (T == 1 or blocked) and channel_axis == 1
 
     def load(step):
         n, f0, nf = step
         if x_in:
-            return [x.chan_ap(n, 0, C, f0, (nf,), (1,))]
+            return [cap(x, n, t, f0, nf) for t in range(T)]
         xs = []
         for t, (c0, nc) in enumerate(tiles):
             xt = xpool[t].next().ap((nf,), partitions=nc)
-            em.dma_split(xt, x.chan_ap(n, c0, nc, f0, (nf,), (1,), channel_axis=channel_axis))
+            em.dma_split(xt, cap(x, n, t, f0, nf))
             xs.append(xt)
         return xs
 
@@ -121,8 +148,7 @@ def channel_window(em: Emitter, x: Value, out: Value, B: np.ndarray, size: int, 
                     d0, nd = tiles[i]
                     em.matmul(ps, band.ap((nc,), elem_offset=i * C + c0, partitions=nd),
                               _sub(mv[i], m0, mm, nd), start=(k == 0), stop=(k == len(rs) - 1))
-                o = out.chan_ap(n, 0, C, f0 + m0, (mm,), (1,)) if o_in else \
-                    ots[j].ap((mm,), elem_offset=m0, partitions=nc)
+                o = cap(out, n, j, f0 + m0, mm) if o_in else ots[j].ap((mm,), elem_offset=m0, partitions=nc)
                 if mode == "lrn":
                     tt = tpool.next().ap((mm,), partitions=nc)
                     em.act(tt, ps, func="log", scale=float(alpha), bias=float(bias))
@@ -131,11 +157,11 @@ def channel_window(em: Emitter, x: Value, out: Value, B: np.ndarray, size: int, 
                 else:
                     em.copy(o, ps)
         for j, (c0, nc) in enumerate(tiles if not o_in else ()):
-            em.dma_split(out.chan_ap(n, c0, nc, f0, (nf,), (1,), channel_axis=channel_axis),
-                         ots[j].ap((nf,), partitions=nc))
+            em.dma_split(cap(out, n, j, f0, nf), ots[j].ap((nf,), partitions=nc))
     for pl in xpool + (qpool or []) + opool + [tpool, ppool]:
         pl.release()
-    em.free(band)
+    if band_slot is None:
+        em.free(band)
 
 
 def _sub(ap: isa.AP, e0: int, ne: int, nparts: int) -> isa.AP:
@@ -144,12 +170,12 @@ def _sub(ap: isa.AP, e0: int, ne: int, nparts: int) -> isa.AP:
 
 
 def lrn(em: Emitter, x: Value, out: Value, size: int, pf: int, alpha: float, bias: float, beta: float,
-        const, cdt: str, name: str = "lrn"):
+        const, cdt: str, name: str = "lrn", band_slot=None):
     """ONNX LRN: out = x / (bias + alpha * sum_window x^2) ** beta, ``alpha`` already divided by
     ``size`` (the window is channels [c - pf, c - pf + size))."""
     N, C, F = x.ncf(1)
     B = band_matrix(C, size, pf)
-    channel_window(em, x, out, B, size, pf, const, cdt, "lrn", 1, alpha, bias, beta, name)
+    channel_window(em, x, out, B, size, pf, const, cdt, "lrn", 1, alpha, bias, beta, name, band_slot)
 
 
 def channel_window_avg(em: Emitter, x: Value, out: Value, size: int, pf: int, count_include_pad: bool,
@@ -208,8 +234,16 @@ def lower_lrn(ctx, g):
     x = ctx.value(g.inputs[0])
     if len(x.shape) != 4:
         raise CodegenError(f"{g.tag}: LRN of a rank-{len(x.shape)} tensor")
+    slot = None
+    if g.param("weight_slot"):  # spatial tiling: the band matrix stays in a planner-placed slot
+        off, nb, parts, last = g.param("weight_slot")
+        if g.name not in ctx.weight_slots:
+            ctx.weight_slots[g.name] = (ctx.em.sbuf_resident(0, parts, off, nb, ctx.cdt, f"{g.name}/band"), {})
+        slot = ctx.weight_slots[g.name]
     lrn(ctx.em, x, ctx.out(g.output), int(g.param("size")), int(g.param("pf")), float(g.param("alpha")),
-        float(g.param("bias")), float(g.param("beta")), ctx.const, ctx.cdt, name=g.name)
+        float(g.param("bias")), float(g.param("beta")), ctx.const, ctx.cdt, name=g.name, band_slot=slot)
+    if slot is not None and last:
+        ctx.em.free(ctx.weight_slots.pop(g.name)[0])
 
 
 @register_lowering("avg_pool3d")

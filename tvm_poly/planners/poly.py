@@ -65,11 +65,11 @@ REDUCE_KINDS = {"mean", "sum", "max", "min"}
 def resident_kinds_problem(producer, readers, name, tm, root) -> str:
     """Why the kernels around tensor ``name`` cannot keep it in SBUF ("" = they can):
     ``producer`` writes it, ``readers`` (kernel plans) read it."""
-    # LRN reads and writes a resident tensor of at most 128 channels in place (one channel per
-    # partition: its band-matrix window runs over partitions; wider tensors are blocked, a layout
-    # its 128-channel tiles do not match)
+    # LRN reads and writes a resident tensor in place: one channel per partition (<= 128
+    # channels) or the blocked layout (its band matrix is cut per plane pair), i.e. whenever the
+    # tensor has a resident layout at all (``resident_rows``)
     shape = tm[name].shape
-    lrn_ok = len(shape) >= 2 and int(shape[1]) <= 128
+    lrn_ok = len(shape) >= 2
     bad = ({producer.kind} - RESIDENT_KINDS) | ({u.kind for u in readers} - RESIDENT_KINDS - READ_KINDS - REDUCE_KINDS)
     if lrn_ok:
         bad -= {"lrn"}
@@ -184,6 +184,14 @@ def _weight_pp(graph, g, it) -> int:
     C = tm[node.inputs[0]].shape[1]
     K, _, R, S = tm[node.inputs[1]].shape
     return -(-C // 128) * -(-K // 128) * R * S * min(K, 128) * it
+
+
+def _band_pp(graph, g, it) -> int:
+    """SBUF bytes per partition of an LRN kernel's band matrix (one C-column block per channel
+    tile, :func:`target.codegen.lrn.channel_window`)."""
+    from target.codegen.conv import ChanMap
+    C = int(graph.tensor_map[g.output].shape[1])
+    return ChanMap(C, 128).T * C * it
 
 
 def _capacity(graph, kernels, it, size, in_rows=None, pinned=None, memo=None) -> list:
@@ -681,10 +689,14 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
                 for j in range(lo_, hi_):
                     # a conv's weights stay in SBUF across the bands when a slot fits (else every
                     # band reloads them: the slot's "reload" cost when it spills)
-                    wpp = _weight_pp(graph, groups[j], it) if groups[j].kind == "conv2d" else 0
+                    # (an LRN's band matrix likewise)
+                    kind = groups[j].kind
+                    wpp = _weight_pp(graph, groups[j], it) if kind == "conv2d" else \
+                        _band_pp(graph, groups[j], it) if kind == "lrn" else 0
                     if wpp:
+                        full = wbytes[j] if kind == "conv2d" else int(tm[groups[j].output].shape[1]) ** 2 * it
                         wbufs.append(Buffer(f"{groups[j].name}/weights", lo_, hi_ - 1, 128, wpp, (j,), 0,
-                                            passes * (B - 1) * wbytes[j]))
+                                            passes * (B - 1) * full))
                     else:
                         extra += passes * (B - 1) * wbytes[j]
             cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo)
