@@ -315,23 +315,30 @@ def test_weights_stay_once_when_small_bands_fit_beside_them():
     assert rep.hbm_read_bytes <= wv.size * 2 + xv.nbytes + 64 * 1024
 
 
-def test_streamed_weights_load_once_with_k_groups_outer():
-    """Weights too big for SBUF stream in K groups; with several bands (here 4 images) the
-    group-outer loop order loads each group once and re-reads the (smaller) input per group,
-    instead of reloading every weight once per band."""
+@pytest.mark.parametrize("N", [4, 24])
+def test_streamed_weights_load_once_per_band_block(N):
+    """Weights too big for SBUF stream in K groups; with several bands (here N images) the
+    inputs of a block of bands stay in SBUF while every group runs over them: each weight loads
+    once per block and each input once (N = 4: one block, weights once; N = 24: the blocks that
+    fit), instead of every weight once per band or every input once per group."""
     from target.config import load_config
 
     rng = np.random.default_rng(11)
     b = GraphBuilder()
-    x = b.input("x", (4, 512, 7, 7))
+    x = b.input("x", (N, 512, 7, 7))
     wv = (rng.standard_normal((1024, 512, 3, 3)) / 68).astype(np.float32)  # 18.9 MB fp32
-    y = b.op("conv2d", [x, b.const("w", wv)], (4, 1024, 7, 7), strides=(1, 1), padding=(1, 1, 1, 1), groups=1,
+    y = b.op("conv2d", [x, b.const("w", wv)], (N, 1024, 7, 7), strides=(1, 1), padding=(1, 1, 1, 1), groups=1,
              dilation=(1, 1))
     g = b.build(y)
     cp = compile_graph(g, load_config("inf1"), dtype="float32")
     sched = dict(dict(cp.schedule)["lv0:conv2d"])
-    assert sched["k_groups"] > 1 and sched["loop_order"] == "k_groups_outer"
-    xv = rng.standard_normal((4, 512, 7, 7)).astype(np.float32)
+    G = sched["k_groups"]
+    xv = rng.standard_normal((N, 512, 7, 7)).astype(np.float32)
     outs, rep = cp.run({"x": xv}, check=False)
     assert rel_err(outs[y], conv_ref(xv, wv, (1, 1), (1, 1, 1, 1))) <= TOL["float32"]
-    assert rep.hbm_read_bytes <= wv.nbytes + sched["k_groups"] * xv.nbytes + 64 * 1024
+    if N == 4:  # all four inputs fit beside two weight groups: weights once, input once
+        assert G > 1 and sched["loop_order"] == "band_blocks_of_4"
+        assert rep.hbm_read_bytes <= wv.nbytes + xv.nbytes + 64 * 1024
+    else:  # blocks of the bands that fit would reload the weights ~5x: group-outer is cheaper
+        assert G > 1 and sched["loop_order"] == "k_groups_outer"
+        assert rep.hbm_read_bytes <= wv.nbytes + G * xv.nbytes + 64 * 1024

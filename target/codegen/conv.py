@@ -465,6 +465,28 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         raise AllocationError(f"conv2d {x.shape}->{out.shape}: one output row needs "
                               f"{band_bytes(1)} B per partition, {free} B free")
     nb = 2 if N * nbands > 1 else 1
+    # weights streamed in K groups over several bands: band-outer loads every group once per band
+    # (weights x bands of HBM bytes), group-outer every band's input once per group (input x
+    # groups); *band blocks* keep the inputs of m bands in SBUF and run every group over them, so
+    # weights load once per block and inputs once (weights x blocks + input): m as large as fits
+    G = len(kgroups)
+    nbands_all = N * nbands
+    blockm = None
+    if G > 1 and nbands_all > 1 and not res_in:
+        w_total = sum(a.size for a in wconsts) * it
+        x_in_b = N * load_bytes
+        r_total = N * K * OH * OW * it if res_hbm else 0  # the shortcut band: loaded per step
+        x_total = x_in_b + r_total
+        in_b = CT * in_rows(bo) * W * it + (CT * in_rows(bo) * Wp * it if any(pad) and not clip else 0)
+        rest_b = band_bytes(bo) - in_b
+        fit = [m for m in range(2, nbands_all + 1)
+               if (m + (m < nbands_all)) * in_b + 2 * rest_b <= 0.9 * free]
+        if fit:
+            m = max(fit)
+            c_block = w_total * -(-nbands_all // m) + x_in_b + r_total * G
+            if c_block < min(w_total * nbands_all + x_total, w_total + x_total * G):
+                blockm = m
+    nb_in = (blockm + (blockm < nbands_all)) if blockm else nb
     em.note(mode=("packed" if packed else "channel"), k_tiles=KT, k_blocked=km.blocked,
             c_tiles=(None if packed else CT), c_blocked=(None if packed else cm.blocked),
             rows=(len(chunks[0]) if packed else wparts), phases=(nphase if packed else None),
@@ -474,8 +496,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         in_pools = [em.pool("sbuf", len(ch), trows(bo) * Wrow * it, cdt, nb, f"conv_in{q}_") for q, ch in enumerate(chunks)]
         pad_pool = None
     else:
-        in_pool = None if res_in else em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * W * it, cdt, nb, "conv_in")
-        pad_pool = em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * Wp * it, cdt, nb, "conv_pad") if any(pad) and not clip else None
+        in_pool = None if res_in else em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * W * it, cdt, nb_in, "conv_in")
+        pad_pool = em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * Wp * it, cdt, nb_in, "conv_pad") \
+            if any(pad) and not clip else None
     out_pool = None if res_out else em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_out")
     res_pool = em.pool("sbuf", Mk, KT * bo * OW * it, cdt, nb, "conv_res") if res_hbm else None
     psum_pool = em.pool("psum", Mm, None, "fp32", min(4, em.psum_banks), "conv_ps")
@@ -674,19 +697,22 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         return t.ap((nr, nw), (OW, 1), off, partitions=nk) if nr > 1 else t.ap((nw,), (1,), off, partitions=nk)
 
     bands = [(n, oh0, min(bo, OH - oh0)) for n in range(N) for oh0 in range(0, OH, bo)]
-    G = len(kgroups)
     weights_once = G == 1
-    # loop order when the weights stream in K groups: band-outer loads every group once per band
-    # (weights x bands of HBM bytes), group-outer loads every band's input (and shortcut) once
-    # per group (input x groups; nothing for an SBUF-resident input): the fewer bytes wins
-    k_outer = False
-    if not weights_once and len(bands) > 1:
+    # loop order when the weights stream in K groups (see band blocks above): band-outer, band
+    # blocks, or group-outer (input x groups; nothing for an SBUF-resident input): the fewest bytes
+    k_outer = blockm is not None
+    if not weights_once and len(bands) > 1 and blockm is None:
         w_total = sum(a.size for a in wconsts) * it
         x_total = (0 if res_in else N * load_bytes) + (N * K * OH * OW * it if res_hbm else 0)
         k_outer = w_total + x_total * G < w_total * len(bands) + x_total
-    em.note(loop_order="k_groups_outer" if k_outer else "bands_outer")
-    steps = [(gi, bi) for gi in range(G) for bi in range(len(bands))] if k_outer else \
-        [(gi, bi) for bi in range(len(bands)) for gi in range(G)]
+    em.note(loop_order=f"band_blocks_of_{blockm}" if blockm else "k_groups_outer" if k_outer else "bands_outer")
+    if blockm:
+        steps = [(gi, bi) for b0 in range(0, len(bands), blockm) for gi in range(G)
+                 for bi in range(b0, min(b0 + blockm, len(bands)))]
+    elif k_outer:
+        steps = [(gi, bi) for gi in range(G) for bi in range(len(bands))]
+    else:
+        steps = [(gi, bi) for bi in range(len(bands)) for gi in range(G)]
     wtiles = {}
     wcur, wnext = None, None
     if weights_once:
@@ -694,12 +720,13 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     else:
         wnext = load_weights(steps[0][0])
     nxt = load_band(*bands[steps[0][1]])
+    cache = {steps[0][1]: nxt}  # band blocks: the loaded input bands of the current block
     cur_band, mov, ot, rt = None, None, None, None
     for si, (gi, bi_) in enumerate(steps):
         n, oh0, nbo = bands[bi_]
         grp = kgroups[gi]
         if bi_ != cur_band:
-            mov, cur_band = nxt, bi_
+            mov, cur_band = (cache[bi_] if blockm else nxt), bi_
             if res_hbm:  # the band of the shortcut, laid out like the output band
                 rt = res_pool.next()
                 _band_dma(em, residual, rt, km, n, 0, KT, oh0, nbo, bo, OW, OH, P, load=True)
@@ -714,7 +741,12 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             nxt_g = next((g2 for g2, _ in steps[si + 1:] if g2 != gi), None)
             wnext = load_weights(nxt_g) if nxt_g is not None else None
         last_of_band = si + 1 == len(steps) or steps[si + 1][1] != bi_
-        if last_of_band and si + 1 < len(steps):
+        if blockm:  # load each band of a block once, one step ahead (the block's first group)
+            if si + 1 < len(steps) and steps[si + 1][1] not in cache:
+                b2 = steps[si + 1][1]
+                cache = {k: v for k, v in cache.items() if k // blockm == b2 // blockm}
+                cache[b2] = load_band(*bands[b2])
+        elif last_of_band and si + 1 < len(steps):
             nxt = load_band(*bands[steps[si + 1][1]])  # prefetch the next band before our stores
         stores_now = nbo * OW * it >= 2048 and KT > 1 and not res_out
         for jk in grp:
