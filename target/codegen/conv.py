@@ -165,10 +165,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                              x.flat_ap(n * C * H * W + h0 * W, C, H * W, (na, W), (sh * W, 1)))
         staged[0] = n
 
-    # row taps (packed, one image row pitch): partition (c, r) holds input rows r, r+1, ... of the
+    # row taps (LowerOptions.stem == "rows"): partition (c, r) holds input rows r, r+1, ... of the
     # row-padded plane c contiguously (pitch W, no padding columns), so taps s are moving-AP column
-    # offsets clipped to the columns inside the image (see ``_clipped_cols``), every im2col band is
-    # ONE contiguous run per partition (full-rate DMA) and the image comes in once, contiguously
+    # offsets clipped to the columns inside the image (``_clipped`` over columns only), every
+    # im2col band is ONE contiguous run per partition (full-rate DMA) and the image comes in once
     Hs = max(pt + H + pb, (OH - 1) * sh + R)  # staged rows (zero rows above and below)
     full_cols = [s for s in range(S) if s - pl >= 0 and (OW - 1) * sw + s - pl <= W - 1]
     rowtap = packed and x.sbuf is None and C * R <= P and bool(full_cols) and \
@@ -756,7 +756,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                 ps = psum_pool.next()
                 nkm = (2 * nk if dup else nk) + lane_off
                 dst = ps.ap((nr * nw,), partitions=nkm)
-                mms = _clipped_cols(blks, ps, nkm, t0, nr, ow0, nw, sw, pl, W) if rowtap else \
+                # row taps: blocks (q, s) clip columns only (the stage holds the padding rows)
+                mms = _clipped(blks, ps, nkm, 0, t0, nr, ow0, nw, (0, full_cols[0]), 1, S, 1, sw, 0, pl,
+                               1 << 30, W) if rowtap else \
                     [(blk, dst, t0, nr, ow0, nw) for blk in blks] if not clip else \
                     _clipped(blks, ps, nkm, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl, H, W)
                 for bi2, (blk, d_ap, a0, na, b0, nb_) in enumerate(mms):
@@ -850,34 +852,6 @@ def _clipped(blks, ps, nk, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl,
             out.append(item)
     if first is None:
         raise CodegenError("conv2d clipped taps: no contraction block covers the whole PSUM block")
-    return [first] + out
-
-
-def _clipped_cols(blks, ps, nk, t0, nr, ow0, nw, sw, pl, W):
-    """Matmuls of one PSUM block [nr rows x nw columns] of a row-tap conv: block (q, s) reads
-    input column ow*sw + s - pl, so it covers the output columns where that lies in [0, W)
-    (outside is the zero padding: nothing to add).  A block valid for every column opens the group."""
-    out, first = [], None
-    for blk in blks:
-        s = blk[1]
-        lo = max(ow0, -(-(pl - s) // sw))
-        hi = min(ow0 + nw, (W - 1 + pl - s) // sw + 1)
-        if hi <= lo:
-            continue
-        nb = hi - lo
-        if nb == nw:
-            d_ap = ps.ap((nr * nw,), partitions=nk)
-        elif nr == 1:
-            d_ap = ps.ap((nb,), (1,), lo - ow0, partitions=nk)
-        else:
-            d_ap = ps.ap((nr, nb), (nw, 1), lo - ow0, partitions=nk)
-        item = (blk, d_ap, t0, nr, lo, nb)
-        if first is None and nb == nw:
-            first = item
-        else:
-            out.append(item)
-    if first is None:
-        raise CodegenError("conv2d row taps: no tap covers the whole PSUM block")
     return [first] + out
 
 
