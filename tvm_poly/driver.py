@@ -221,7 +221,7 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         improved = True
         while improved:
             improved = False
-            for opt in best[0].neighbours():
+            for opt in best[0].neighbours(only=best[5]):  # fields no kernel consulted change nothing
                 if opt in seen:
                     continue
                 seen.add(opt)
@@ -233,14 +233,15 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
                 if cand[1] < best[1] - 1e-6:
                     best, improved = cand, True
                     break
-    opts, _, program, ctx, schedule = best
+    opts, _, program, ctx, schedule, _ = best
     return CompiledProgram(program, ctx.constants, tuple(ctx.inputs), tuple(ctx.outputs), plan, cfg,
                            dtype, time.perf_counter() - t0, tuple(ctx.runtime_weights), schedule,
                            opts, tuple(tried))
 
 
 def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options):
-    """One lowering of ``plan``: (options, estimated end us, program, ctx, schedule)."""
+    """One lowering of ``plan``: (options, estimated end us, program, ctx, schedule, the option
+    fields its kernels consulted)."""
     em = Emitter(cfg, name or graph.name, options=options)
     ctx = LowerCtx(em, graph, plan, cdt)
     for nm in graph.inputs:
@@ -277,4 +278,4 @@ def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options):
             raise CodegenError(f"graph output {o} is not produced by any NeuronCore kernel")
     program = em.finish()
     schedule = tuple((g.tag, tuple(em.notes.get(g.tag, {}).items())) for g in plan.groups)
-    return options, em.estimated_end_us(), program, ctx, schedule
+    return options, em.estimated_end_us(), program, ctx, schedule, frozenset(em.consulted)

@@ -172,7 +172,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     Hs = max(pt + H + pb, (OH - 1) * sh + R)  # staged rows (zero rows above and below)
     full_cols = [s for s in range(S) if s - pl >= 0 and (OW - 1) * sw + s - pl <= W - 1]
     rowtap = packed and x.sbuf is None and C * R <= P and bool(full_cols) and \
-        Hs * W * it <= 0.7 * em.sbuf.largest_free() and em.options.stem == "rows"
+        Hs * W * it <= 0.7 * em.sbuf.largest_free()
+    if rowtap:
+        em.consulted.add("stem")  # the stem option decides this kernel's layout
+    rowtap = rowtap and em.options.stem == "rows"
     if rowtap:
         stage = em.sbuf_tile(C, Hs * W * it, cdt, "conv_stage")
 
@@ -675,7 +678,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             em.memset(t.ap((lane_off,), partitions=a.shape[0]), 0.0)
         em.dma_split(t.ap((a.shape[1],), elem_offset=lane_off, partitions=a.shape[0]),
                      wvals[gi].flat_ap(0, a.shape[0], a.shape[1], (a.shape[1],), (1,)),
-                     **weight_split(em.options, prefetch))
+                     **weight_split(em, prefetch))
         if dup:
             em.copy(t.ap((a.shape[1],), elem_offset=a.shape[1], partitions=a.shape[0]),
                     t.ap((a.shape[1],), partitions=a.shape[0]), stream="gpsimd")
@@ -683,7 +686,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             n1 = wsingle.shape[1]
             em.dma_split(t.ap((n1,), elem_offset=a.shape[1] + lane_off, partitions=C),
                          wsval.flat_ap(0, C, n1, (n1,), (1,)),
-                         **weight_split(em.options, prefetch))
+                         **weight_split(em, prefetch))
         return t
 
     def resident_off(v, n, jk, nk, pix):

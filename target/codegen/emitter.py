@@ -345,6 +345,7 @@ class Emitter:
         self.config = config
         self.name = name
         self.options = options if options is not None else LowerOptions()
+        self.consulted: set = set()  # LowerOptions fields some kernel's lowering depended on
         self.partitions = int(getattr(config, "sbuf_partitions", 128))
         self.sbuf = _RangeAllocator(int(getattr(config, "sbuf_bytes_per_partition", 196608)), 64, "SBUF")
         self.psum_bank_bytes = int(getattr(config, "psum_bank_bytes", 2048))

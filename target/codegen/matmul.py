@@ -79,10 +79,10 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
         t = bpool.next()
         if chunked is not None:  # chunk c: rows [c*parts, (c+1)*parts), KT*NC contiguous each
             em.dma_split(t.ap((KT * NC,)), chunked.flat_ap(c * parts * KT * NC, parts, KT * NC, (KT * NC,), (1,)),
-                         **weight_split(em.options, prefetch))
+                         **weight_split(em, prefetch))
         elif blocked or KT == 1:
             em.dma_split(t.ap((KT, nn), (NC, 1)), b.flat_ap(n0, parts, KT * N, (KT, nn), (N, 1)),
-                         **weight_split(em.options, prefetch))
+                         **weight_split(em, prefetch))
         else:
             for j in range(KT):
                 em.dma_split(t.ap((nn,), (1,), j * NC, partitions=kparts(j)),

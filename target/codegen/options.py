@@ -37,10 +37,13 @@ class LowerOptions:
         if self.prefetch_piece < 4096:
             raise ValueError(f"LowerOptions.prefetch_piece {self.prefetch_piece}: at least 4096 bytes")
 
-    def neighbours(self) -> list:
-        """The options that differ from this one in exactly one field (the search's moves)."""
+    def neighbours(self, only=None) -> list:
+        """The options that differ from this one in exactly one field (the search's moves);
+        ``only``: just those fields (the ones a lowering consulted, ``Emitter.consulted``)."""
         out = []
         for f in fields(self):
+            if only is not None and f.name not in only:
+                continue
             for v in ALTERNATIVES[f.name]:
                 if v != getattr(self, f.name):
                     out.append(replace(self, **{f.name: v}))
@@ -55,9 +58,11 @@ ALTERNATIVES = {"stem": STEM_LAYOUTS, "prefetch_piece": (256 * 1024, 512 * 1024,
 WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer rounds of per-DMA latency
 
 
-def weight_split(options: LowerOptions, prefetch: bool) -> dict:
+def weight_split(em, prefetch: bool) -> dict:
     """``Emitter.dma_split`` arguments of a weight load (``prefetch``: issued ahead of its kernel,
     off the critical path, so cut in pieces of at least ``options.prefetch_piece``)."""
     if not prefetch:
         return {"piece_bytes": WEIGHT_PIECE_BYTES}
-    return {"piece_bytes": max(WEIGHT_PIECE_BYTES, options.prefetch_piece), "min_piece": options.prefetch_piece}
+    em.consulted.add("prefetch_piece")
+    p = em.options.prefetch_piece
+    return {"piece_bytes": max(WEIGHT_PIECE_BYTES, p), "min_piece": p}
