@@ -496,7 +496,7 @@ def _rewrite(mod, gv, func, plans, host_ops, info, spec, planner, dtype):
                 planner, dtype))
             info["segments"].append({"index": seg_index, "ops": names,
                                      "instructions": cp.program.num_instructions,
-                                     "lowering": cp.options.describe() if cp.options else None})
+                                     "lowering": cp.options.describe() if getattr(cp, "options", None) else None})
             seg_index += 1
         new_blocks.append(relax.DataflowBlock(new_bindings))
 
