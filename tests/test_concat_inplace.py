@@ -109,3 +109,34 @@ def test_dense_block_concats_share_one_buffer(dtype):
     assert moved == []
     outs, _ = cp.run(inputs)
     assert rel_err(outs[o], ref) <= TOL[dtype]
+
+
+def test_concat_relayout_is_split_over_the_queues():
+    """288 channels (blocked 96 partitions x 3 planes) + 32 -> 320 (80 x 4): the resident concat
+    changes the row-split layout, so its copies move data across partitions (SBUF->SBUF DMAs that
+    Emitter.dma_split cannot cut).  The concat cuts them at multiples of both layouts' rows: many
+    pieces on several queues, not one DMA on one queue (the 288 come from a pool: no conv writes
+    them into a slice of the concat)."""
+    from target import isa
+
+    rng = np.random.default_rng(4)
+    b = GraphBuilder()
+    xv = rng.standard_normal((1, 16, 14, 14)).astype(np.float32)
+    x = b.input("x", xv.shape)
+    h, rh = _conv(b, rng, x, xv, 288, 1, 0)
+    a = b.op("max_pool2d", [h], (1, 288, 14, 14), pool_size=(3, 3), strides=(1, 1), padding=(1, 1, 1, 1))
+    hp = np.pad(rh, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    ra = np.max([hp[:, :, r:r + 14, s:s + 14] for r in range(3) for s in range(3)], axis=0)
+    c, rc = _conv(b, rng, x, xv, 32, 3, 1)
+    cat = b.op("concat", [a, c], (1, 320, 14, 14), axis=1)
+    y, ry = _conv(b, rng, cat, np.concatenate([ra, rc], axis=1), 64, 1, 0)
+    cp = compile_graph(b.build(y), "inf2", planner="poly", dtype="float32")
+    assert {cp.plan.placement(t).placement for t in (a, cat)} == {"sbuf"}
+    outs, _ = cp.run({x: xv})
+    assert rel_err(outs[y], ry) <= TOL["float32"]
+    (k,) = [g for g in cp.plan.groups if g.kind == "concat"]
+    moves = [(s, i) for s, st in cp.program.streams for i in st
+             if isinstance(i, isa.DmaCopy) and i.tag == k.tag and i.src.mem == i.dst.mem == isa.Mem.SBUF]
+    big = [i for _, i in moves if i.src.num_partitions != i.dst.num_partitions]
+    assert len(big) >= 4 and len({s for s, _ in moves}) >= 4  # ~one per 32 KiB (Emitter.dma_min_piece)
+    assert sum(i.dst.nbytes for _, i in moves) >= 288 * 196 * 4  # every element of the 288 moved once

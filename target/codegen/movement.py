@@ -181,6 +181,14 @@ def concat_flat(em: Emitter, out: Value, inputs: list, images: int = 1):
                         while k < hi:
                             cuts.add(k)
                             k += L
+                # the aligned middle is whole rows of both layouts: cut it at multiples of the lcm
+                # into about one piece per queue (a row-split relayout moves across partitions, so
+                # Emitter.dma_split cannot cut it; one DMA would run on one queue alone)
+                units = (t - h) // lcm
+                npc = min(len(em.dma_streams), units, max(1, (t - h) * v.itemsize // em.dma_min_piece))
+                if npc > 1:
+                    step = -(-units // npc) * lcm
+                    cuts |= set(range(h + step, t, step))
                 pts = sorted({a, b, h, t} | cuts)
                 pieces = [(x, y - x) for x, y in zip(pts, pts[1:]) if y > x]
             for o, c in pieces:
