@@ -474,12 +474,12 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     # weights load once per block and inputs once (weights x blocks + input): m as large as fits
     G = len(kgroups)
     nbands_all = N * nbands
+    w_total = sum(a.size for a in wconsts) * it
+    x_in_b = 0 if res_in else N * load_bytes
+    r_total = N * K * OH * OW * it if res_hbm else 0  # the shortcut band: loaded per step
+    x_total = x_in_b + r_total
     blockm = None
     if G > 1 and nbands_all > 1 and not res_in:
-        w_total = sum(a.size for a in wconsts) * it
-        x_in_b = N * load_bytes
-        r_total = N * K * OH * OW * it if res_hbm else 0  # the shortcut band: loaded per step
-        x_total = x_in_b + r_total
         in_b = CT * in_rows(bo) * W * it + (CT * in_rows(bo) * Wp * it if any(pad) and not clip else 0)
         rest_b = band_bytes(bo) - in_b
         fit = [m for m in range(2, nbands_all + 1)
@@ -705,8 +705,6 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     # blocks, or group-outer (input x groups; nothing for an SBUF-resident input): the fewest bytes
     k_outer = blockm is not None
     if not weights_once and len(bands) > 1 and blockm is None:
-        w_total = sum(a.size for a in wconsts) * it
-        x_total = (0 if res_in else N * load_bytes) + (N * K * OH * OW * it if res_hbm else 0)
         k_outer = w_total + x_total * G < w_total * len(bands) + x_total
     em.note(loop_order=f"band_blocks_of_{blockm}" if blockm else "k_groups_outer" if k_outer else "bands_outer")
     if blockm:
