@@ -97,18 +97,29 @@ def lower_conv2d(ctx, g):
     x = ctx.value(g.inputs[0])
     res = ctx.value(g.param("residual")) if g.param("residual") else None
     out = ctx.out(g.output)
-    slot = None
-    if g.param("weight_slot"):  # spatial tiling: the weights stay in a planner-placed slot across bands
-        off, nb, parts, last = g.param("weight_slot")
-        if g.name not in ctx.weight_slots:
-            ctx.weight_slots[g.name] = (ctx.em.sbuf_resident(0, parts, off, nb, ctx.cdt, f"{g.name}/weights"), {})
-        slot = ctx.weight_slots[g.name]
+    slot = planner_slot(ctx, g, "weights")
     conv2d(ctx.em, x, out, np.asarray(winfo.value, np.float32), stride, pad, int(node.attr("groups", 1)),
            ctx.const, scale=scale, bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt, residual=res,
            prefetch=bool(g.param("prefetch")), weight_slot=slot, lane_dup=g.param("lane_pair") or g.param("row_dup"),
            pair_rows=bool(g.param("pair_rows")),
            pinned=(lambda arr: ctx.const_block.put(g.name, arr)) if getattr(ctx, "const_block", None) else None)
-    if slot is not None and last:
+    release_slot(ctx, g)
+
+
+def planner_slot(ctx, g, what: str):
+    """(tile, cache) of the planner-placed SBUF slot that keeps kernel ``g``'s constants (conv
+    weights, an LRN band matrix) across its calls (spatial tiling: once per row band), or None."""
+    if not g.param("weight_slot"):
+        return None
+    off, nb, parts, _last = g.param("weight_slot")
+    if g.name not in ctx.weight_slots:
+        ctx.weight_slots[g.name] = (ctx.em.sbuf_resident(0, parts, off, nb, ctx.cdt, f"{g.name}/{what}"), {})
+    return ctx.weight_slots[g.name]
+
+
+def release_slot(ctx, g):
+    """Free the slot after the kernel's last call (the plan marks it)."""
+    if g.param("weight_slot") and g.param("weight_slot")[3] and g.name in ctx.weight_slots:
         ctx.em.free(ctx.weight_slots.pop(g.name)[0])
 
 

@@ -234,16 +234,11 @@ def lower_lrn(ctx, g):
     x = ctx.value(g.inputs[0])
     if len(x.shape) != 4:
         raise CodegenError(f"{g.tag}: LRN of a rank-{len(x.shape)} tensor")
-    slot = None
-    if g.param("weight_slot"):  # spatial tiling: the band matrix stays in a planner-placed slot
-        off, nb, parts, last = g.param("weight_slot")
-        if g.name not in ctx.weight_slots:
-            ctx.weight_slots[g.name] = (ctx.em.sbuf_resident(0, parts, off, nb, ctx.cdt, f"{g.name}/band"), {})
-        slot = ctx.weight_slots[g.name]
+    from .lowerings import planner_slot, release_slot
     lrn(ctx.em, x, ctx.out(g.output), int(g.param("size")), int(g.param("pf")), float(g.param("alpha")),
-        float(g.param("bias")), float(g.param("beta")), ctx.const, ctx.cdt, name=g.name, band_slot=slot)
-    if slot is not None and last:
-        ctx.em.free(ctx.weight_slots.pop(g.name)[0])
+        float(g.param("bias")), float(g.param("beta")), ctx.const, ctx.cdt, name=g.name,
+        band_slot=planner_slot(ctx, g, "band"))  # spatial tiling: the band matrix stays across bands
+    release_slot(ctx, g)
 
 
 @register_lowering("avg_pool3d")
