@@ -215,13 +215,13 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
     if search is None:
         search = options is None and planner == "poly"
     best = _lower(graph, plan, cfg, cdt, name, options or LowerOptions())
-    tried = [(best[0], best[1])]
+    tried = [(best.options, best.end_us)]
     if search:
-        seen = {best[0]}
+        seen = {best.options}
         improved = True
         while improved:
             improved = False
-            for opt in best[0].neighbours(only=best[5]):  # fields no kernel consulted change nothing
+            for opt in best.options.neighbours(only=best.consulted):  # the others change nothing
                 if opt in seen:
                     continue
                 seen.add(opt)
@@ -229,19 +229,29 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
                     cand = _lower(graph, plan, cfg, cdt, name, opt)
                 except CodegenError:  # an option this program cannot take (e.g. SBUF too small)
                     continue
-                tried.append((cand[0], cand[1]))
-                if cand[1] < best[1] - 1e-6:
+                tried.append((cand.options, cand.end_us))
+                if cand.end_us < best.end_us - 1e-6:
                     best, improved = cand, True
                     break
-    opts, _, program, ctx, schedule, _ = best
-    return CompiledProgram(program, ctx.constants, tuple(ctx.inputs), tuple(ctx.outputs), plan, cfg,
-                           dtype, time.perf_counter() - t0, tuple(ctx.runtime_weights), schedule,
-                           opts, tuple(tried))
+    ctx = best.ctx
+    return CompiledProgram(best.program, ctx.constants, tuple(ctx.inputs), tuple(ctx.outputs), plan, cfg,
+                           dtype, time.perf_counter() - t0, tuple(ctx.runtime_weights), best.schedule,
+                           best.options, tuple(tried))
 
 
-def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options):
-    """One lowering of ``plan``: (options, estimated end us, program, ctx, schedule, the option
-    fields its kernels consulted)."""
+@dataclass(frozen=True, eq=False)
+class _Lowering:
+    """One lowering of a plan with fixed options."""
+    options: object
+    end_us: float  # estimated end (Emitter.estimated_end_us)
+    program: isa.Program
+    ctx: "LowerCtx"
+    schedule: tuple
+    consulted: frozenset  # LowerOptions fields its kernels depended on
+
+
+def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options) -> _Lowering:
+    """Lower ``plan`` with ``options``."""
     em = Emitter(cfg, name or graph.name, options=options)
     ctx = LowerCtx(em, graph, plan, cdt)
     for nm in graph.inputs:
@@ -278,4 +288,4 @@ def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options):
             raise CodegenError(f"graph output {o} is not produced by any NeuronCore kernel")
     program = em.finish()
     schedule = tuple((g.tag, tuple(em.notes.get(g.tag, {}).items())) for g in plan.groups)
-    return options, em.estimated_end_us(), program, ctx, schedule, frozenset(em.consulted)
+    return _Lowering(options, em.estimated_end_us(), program, ctx, schedule, frozenset(em.consulted))

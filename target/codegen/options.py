@@ -14,8 +14,8 @@ candidate, not a guess.
                    ``"phase"`` -- the image staged split by row parity, taps (c, r, s0) on
                    partitions (fewest matmuls, short 1-row DMA runs into the stage);
                    ``"rows"`` -- the image staged contiguously, taps (c, r) on partitions and
-                   every s a clipped moving-AP column offset (full-rate DMA, R*S/(C*R) x more
-                   matmuls per pixel block)
+                   every s a clipped moving-AP column offset (full-rate DMA; S matmuls per
+                   pixel block instead of ceil(S/2) for a stride-2 stem)
 ``prefetch_piece`` the least bytes per DMA piece of a weight load the plan issues ahead of its
                    kernel (fewer, larger pieces: fewer per-transfer latencies on the queues;
                    smaller: a kernel's weights spread over more queues and arrive sooner)
