@@ -238,7 +238,7 @@ def test_epilogue_columns_come_from_one_constant_block():
     ((1, 3, 40, 40), (8, 3, 11, 11), (4, 4), (2, 2, 2, 2), "float32")])   # AlexNet-like 11x11/4
 def test_stem_row_taps(xs, ws, stride, pad, dtype):
     """``LowerOptions(stem="rows")``: the image is staged once, contiguously; partition (c, r)
-    holds input rows r, r+sh, ... of plane c as ONE contiguous run per band (every im2col DMA moves
+    holds input rows r, r+1, ... of plane c as ONE contiguous run per band (every im2col DMA moves
     whole unpadded rows), and each column tap s is its own matmul over the output columns whose
     input column exists (clipped taps instead of padding columns)."""
     from target import isa
