@@ -237,10 +237,12 @@ def test_epilogue_columns_come_from_one_constant_block():
     ((2, 3, 30, 30), (24, 3, 3, 3), (1, 1), (1, 1, 1, 1), "bfloat16"),    # stride 1, two images
     ((1, 3, 40, 40), (8, 3, 11, 11), (4, 4), (2, 2, 2, 2), "float32")])   # AlexNet-like 11x11/4
 def test_stem_row_taps(xs, ws, stride, pad, dtype):
-    """``LowerOptions(stem="rows")``: the image is staged once, contiguously; partition (c, r)
-    holds input rows r, r+1, ... of plane c as ONE contiguous run per band (every im2col DMA moves
-    whole unpadded rows), and each column tap s is its own matmul over the output columns whose
-    input column exists (clipped taps instead of padding columns)."""
+    """``LowerOptions(stem="rows")``: the image is staged once, split by row parity; partition
+    (c, r) holds the input rows r, r + sh, r + 2sh, ... of plane c (the rows its taps read, ONE
+    contiguous run of the parity plane per band: every im2col DMA moves whole unpadded rows), and
+    each column tap s is its own matmul over the output columns whose input column exists
+    (clipped taps instead of padding columns).  The im2col moves exactly C*R*OH rows of W per
+    image."""
     from target import isa
     from target.codegen.options import LowerOptions
 
@@ -259,6 +261,8 @@ def test_stem_row_taps(xs, ws, stride, pad, dtype):
     im2col = [i for _, st in cp.program.streams for i in st
               if isinstance(i, isa.DmaCopy) and i.src.mem == isa.Mem.SBUF and i.dst.mem == isa.Mem.SBUF]
     assert im2col and all(i.dst.free_elems % W == 0 and i.src.sizes[-1] == i.dst.free_elems for i in im2col)
+    it = 2 if dtype == "bfloat16" else 4
+    assert sum(i.dst.nbytes for i in im2col) == N * C * R * OH * W * it
 
 
 def test_lowering_search_keeps_the_earliest_estimated_end():

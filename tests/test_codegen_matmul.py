@@ -11,6 +11,7 @@ from tvm_poly.driver import compile_graph
     (4, 300, 700, False, True, True),       # cyclic K tiles, 2 N blocks
     (200, 256, 96, True, True, False),      # PE transpose path, 2 M tiles, run-time B
     (3, 64, 10, False, False, True),
+    (8, 1024, 1000, True, True, True),      # B stationary at M = 8, bias and relu on the rows
 ])
 def test_matmul(M, K, N, bias, relu, const_b, dtype):
     rng = np.random.default_rng(0)
@@ -37,6 +38,37 @@ def test_matmul(M, K, N, bias, relu, const_b, dtype):
         ref = np.maximum(ref, 0)
     assert rel_err(outs[y], ref) <= TOL[dtype]
     assert rep.macs >= M * K * N
+
+
+@pytest.mark.parametrize("M,K,N,expect", [(1, 2048, 1000, "B"), (8, 1024, 1000, "B"),
+                                           (200, 256, 96, "A"), (3, 64, 10, "A")])
+def test_small_m_matmul_holds_b_stationary(M, K, N, expect):
+    """With at most 64 rows of A, B's 128-column blocks are the stationary operand: a matmul costs
+    max(64, M) cycles instead of the block's 512 moving columns, so a plane costs ceil(N/128) x 64
+    against N cycles; out^T comes back to rows by one transpose per block.  Exact counts: KT planes
+    x ceil(N/128) blocks matmuls, ceil(N/128) transposes (each max(rows, 64) cycles), and fewer Tensor-engine cycles than the
+    A-stationary formula KT x N."""
+    from target import isa
+    from target.cost import engine_cycles
+
+    rng = np.random.default_rng(3)
+    b = GraphBuilder()
+    a = b.input("a", (M, K))
+    y = b.op("matmul", [a, b.const("b", rng.standard_normal((K, N)).astype(np.float32))], (M, N))
+    cp = compile_graph(b.build(y), "inf2", dtype="bfloat16")
+    sched = dict(dict(cp.schedule)["lv0:matmul"])
+    assert sched["stationary"] == expect
+    pe = [i for i in cp.program.stream("tensor")]
+    mms = [i for i in pe if isinstance(i, isa.MatMul)]
+    tps = [i for i in pe if isinstance(i, isa.Transpose)]
+    KT = -(-K // 128)
+    if expect == "B":
+        assert len(mms) == KT * -(-N // 128) and len(tps) == -(-N // 128)
+        cycles = sum(engine_cycles(i, cp.config) for i in pe)
+        blocks = [min(128, N - b0) for b0 in range(0, N, 128)]
+        assert cycles == KT * len(blocks) * max(64, M) + sum(max(nb, min(64, M)) for nb in blocks) < KT * N
+    else:
+        assert not tps or M > 16  # (the M > 16 path transposes A on the Tensor engine)
 
 
 @pytest.mark.parametrize("K", [4096, 4000])  # blocked and cyclic contraction tiles

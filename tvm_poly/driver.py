@@ -84,6 +84,7 @@ class LowerCtx:
         # slots that keep a banded conv's weights across its bands (lowerings.lower_conv2d)
         self.bands: dict = {}
         self.weight_slots: dict = {}
+        self.weight_packs: dict = {}  # kernel -> weight_pack.Member (its weights are part of a pack)
 
     def root(self, name):
         seen = set()
@@ -214,7 +215,11 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
     cdt = DTYPES[dtype]
     if search is None:
         search = options is None and planner == "poly"
-    best = _lower(graph, plan, cfg, cdt, name, options or LowerOptions())
+    options = options or LowerOptions()
+    layouts = None
+    if options.weight_pack:  # packs are built from the layouts of a lowering without them
+        layouts = _lower(graph, plan, cfg, cdt, name, replace(options, weight_pack=0)).layouts
+    best = _lower(graph, plan, cfg, cdt, name, options, layouts)
     tried = [(best.options, best.end_us)]
     if search:
         seen = {best.options}
@@ -226,7 +231,7 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
                     continue
                 seen.add(opt)
                 try:
-                    cand = _lower(graph, plan, cfg, cdt, name, opt)
+                    cand = _lower(graph, plan, cfg, cdt, name, opt, best.layouts)
                 except CodegenError:  # an option this program cannot take (e.g. SBUF too small)
                     continue
                 tried.append((cand.options, cand.end_us))
@@ -248,10 +253,14 @@ class _Lowering:
     ctx: "LowerCtx"
     schedule: tuple
     consulted: frozenset  # LowerOptions fields its kernels depended on
+    layouts: dict  # Emitter.weight_layouts: what weight packs could hold (target/codegen/weight_pack.py)
 
 
-def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options) -> _Lowering:
-    """Lower ``plan`` with ``options``."""
+def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options, layouts=None) -> _Lowering:
+    """Lower ``plan`` with ``options``; ``layouts``: the weight layouts an earlier lowering of the
+    plan recorded, from which ``options.weight_pack`` packs are built (none without them)."""
+    from target.codegen.weight_pack import Pack, plan_packs
+
     em = Emitter(cfg, name or graph.name, options=options)
     ctx = LowerCtx(em, graph, plan, cdt)
     for nm in graph.inputs:
@@ -265,6 +274,8 @@ def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options) -> _Lowerin
     from .allocation import band_views, batch_views, release_dead, resident_deaths, restore_views
     deaths = resident_deaths(plan, ctx.root)  # group index -> resident tensors read last there
     last_weighted = max((gi for gi, g in enumerate(plan.groups) if g.kind in ("conv2d", "matmul")), default=-1)
+    packs = {p[0]: p for p in plan_packs(plan.groups, layouts or {}, options.weight_pack)}
+    open_packs, npacks = {}, 0  # last member -> Pack
     for gi, g in enumerate(plan.groups):
         fn = LOWERINGS.get(g.kind)
         if fn is None:
@@ -275,7 +286,14 @@ def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options) -> _Lowerin
         saved = batch_views(ctx, g, *sub) if sub else None
         # poly spatial tiling: this kernel computes a band of rows (of the sub-batch's views)
         banded = band_views(ctx, g) if g.param("rows") is not None else None
+        if g.name in packs:  # load the pack where its first member's own load would be
+            pk = Pack(em, ctx.const, ctx.constants, packs[g.name], layouts, npacks)
+            npacks += 1
+            ctx.weight_packs.update(pk.members)
+            open_packs[pk.last] = pk
         fn(ctx, g)
+        if g.name in open_packs:
+            em.free(open_packs.pop(g.name).tile)
         if banded is not None:
             restore_views(ctx, banded)
         if saved is not None:
@@ -288,4 +306,12 @@ def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options) -> _Lowerin
             raise CodegenError(f"graph output {o} is not produced by any NeuronCore kernel")
     program = em.finish()
     schedule = tuple((g.tag, tuple(em.notes.get(g.tag, {}).items())) for g in plan.groups)
-    return _Lowering(options, em.estimated_end_us(), program, ctx, schedule, frozenset(em.consulted))
+    if packs or plan_packs(plan.groups, em.weight_layouts, max(a for a in _pack_alternatives())):
+        em.consulted.add("weight_pack")  # some kernels could share a pack
+    return _Lowering(options, em.estimated_end_us(), program, ctx, schedule, frozenset(em.consulted),
+                     dict(em.weight_layouts))
+
+
+def _pack_alternatives():
+    from target.codegen.options import ALTERNATIVES
+    return ALTERNATIVES["weight_pack"]

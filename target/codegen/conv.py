@@ -89,7 +89,8 @@ def _out_hw(H, W, R, S, stride, pad):
 
 def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, groups: int,
            const, scale=None, bias=None, func: str = "identity", cdt: str = "fp32", residual: Value = None,
-           prefetch: bool = False, pinned=None, weight_slot=None, lane_dup=None, pair_rows: bool = False):
+           prefetch: bool = False, pinned=None, weight_slot=None, lane_dup=None, pair_rows: bool = False,
+           weight_pack=None):
     """weight: [K, C/groups, R, S] numpy; scale/bias: [K] numpy or None (folded at compile time);
     const(name, array, dtype) -> Value creates compile-time HBM constants.  ``residual`` (same
     shape as ``out``): out = func(conv * scale + bias + residual); the residual is accumulated
@@ -102,6 +103,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     across its calls (spatial tiling runs a kernel once per row band); ``cache`` (a dict, the same
     for every call) remembers what the tile holds, so a later call with the same laid-out
     weights loads nothing.  Used when the weights load once and fit the tile.
+    ``weight_pack`` (:class:`target.codegen.weight_pack.Member`): this kernel's weights are
+    columns of a weight pack the driver loaded ahead (several kernels' short weight rows side by
+    side, one transfer); the kernel writes its laid-out weights into the pack's HBM constant
+    and loads nothing.  Every lowering records ``em.weight_layouts[tag]`` (what a pack can hold).
     ``lane_dup = (shift, halo)`` (K <= 64 channels, SBUF-resident output, one image): the stationary
     holds the weights twice side by side (free: a matmul's cost does not depend on its columns), so
     PSUM lanes K..2K carry a second copy of every output pixel, and output rows [shift, OH) are also
@@ -165,27 +170,37 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                              x.flat_ap(n * C * H * W + h0 * W, C, H * W, (na, W), (sh * W, 1)))
         staged[0] = n
 
-    # row taps (LowerOptions.stem == "rows"): partition (c, r) holds input rows r, r+1, ... of the
-    # row-padded plane c contiguously (pitch W, no padding columns), so taps s are moving-AP column
-    # offsets clipped to the columns inside the image (``_clipped`` over columns only), every
-    # im2col band is ONE contiguous run per partition (full-rate DMA) and the image comes in once
+    # row taps (LowerOptions.stem == "rows"): the image is staged split by row parity (plane a
+    # holds the row-padded rows a, a+sh, a+2sh, ... contiguously, pitch W, no padding columns), so
+    # partition (c, r) -- input row r of every output row -- is ONE contiguous run of plane r % sh
+    # (rows oh0 + r // sh + t): every im2col band is a full-rate DMA of only the rows the taps read,
+    # the taps s are moving-AP column offsets clipped to the columns inside the image
+    # (``_clipped`` over columns only) and the image comes in once
     Hs = max(pt + H + pb, (OH - 1) * sh + R)  # staged rows (zero rows above and below)
+    Hsq = -(-Hs // sh)  # rows per parity plane
     full_cols = [s for s in range(S) if s - pl >= 0 and (OW - 1) * sw + s - pl <= W - 1]
     rowtap = packed and x.sbuf is None and C * R <= P and bool(full_cols) and \
-        Hs * W * it <= 0.7 * em.sbuf.largest_free()
+        sh * Hsq * W * it <= 0.7 * em.sbuf.largest_free()
     if rowtap:
         em.consulted.add("stem")  # the stem option decides this kernel's layout
     rowtap = rowtap and em.options.stem == "rows"
     if rowtap:
-        stage = em.sbuf_tile(C, Hs * W * it, cdt, "conv_stage")
+        stage = em.sbuf_tile(C, sh * Hsq * W * it, cdt, "conv_stage")
 
         def stage_image(n):
-            if staged[0] is None:
-                if pt:
-                    em.memset(stage.ap((pt * W,)), 0.0)
-                if Hs - pt - H:
-                    em.memset(stage.ap(((Hs - pt - H) * W,), elem_offset=(pt + H) * W), 0.0)
-            em.dma_split(stage.ap((H, W), (W, 1), pt * W), x.flat_ap(n * C * H * W, C, H * W, (H, W), (W, 1)))
+            for a in range(sh):
+                base = a * Hsq * W
+                h0 = (a - pt) % sh  # first input row of plane a
+                na = len(range(h0, H, sh))
+                r0 = (h0 + pt) // sh  # its plane row
+                if staged[0] is None:  # zero rows: the padding above and below
+                    if r0:
+                        em.memset(stage.ap((r0 * W,), elem_offset=base), 0.0)
+                    if Hsq - r0 - na > 0:
+                        em.memset(stage.ap(((Hsq - r0 - na) * W,), elem_offset=base + (r0 + na) * W), 0.0)
+                if na:
+                    em.dma_split(stage.ap((na, W), (W, 1), base + r0 * W),
+                                 x.flat_ap(n * C * H * W + h0 * W, C, H * W, (na, W), (sh * W, 1)))
             staged[0] = n
         stage_image(0)
     elif packed and x.sbuf is None and R * S >= 2 * sh * sw and \
@@ -295,7 +310,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         _, nphase, S1, Wu = min(cands) if not rowtap else (0, 1, S, W)
         # r innermost: consecutive partitions read consecutive input rows (one DMA per run); from
         # the parity-split stage, r grouped by parity (r, r+sh, ... are consecutive plane rows)
-        rs = sorted(range(R), key=lambda r: (r % sh, r)) if stage is not None and not rowtap else list(range(R))
+        rs = sorted(range(R), key=lambda r: (r % sh, r)) if stage is not None else list(range(R))
         taps = [(c, r, s0) for c in range(C) for s0 in range(nphase) for r in rs]
         nQ = -(-len(taps) // P)
         qsz = -(-len(taps) // nQ)
@@ -412,6 +427,11 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             held = cache.get("weights")
             kept = (wt, held is not None and held.shape == wconsts[0].shape and np.array_equal(held, wconsts[0]))
             cache["weights"] = wconsts[0]
+    # one plain weight array loaded once into a fresh tile: a weight pack can hold it instead
+    em.weight_layouts[tagbase] = (wparts, wconsts[0].shape[1], cdt) if (
+        len(wconsts) == 1 and wsingle is None and not dup and not lane_off and weight_slot is None) else None
+    if weight_pack is not None:
+        kept = (weight_pack.take(em.weight_layouts[tagbase], wconsts[0]), True)
     wvals = [None if kept and kept[1] else const(f"{tagbase}/w{gi}", a, cdt) for gi, a in enumerate(wconsts)]
     wsval = const(f"{tagbase}/w0s", wsingle, cdt) if wsingle is not None else None
     # lane_off: the weights sit behind lane_off initialised elements, so block b's stationary is the
@@ -429,7 +449,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     Wrow = W if rowtap else Wp if stage is not None else Wu  # row pitch of the packed im2col band tiles
 
     def trows(bo):  # rows per partition of a packed band tile
-        return (bo - 1) * sh + 1 if rowtap else bo
+        return bo
 
     def band_bytes(bo):
         if packed:
@@ -524,21 +544,25 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             has_pad = any(pad)
             if stage is not None and staged[0] != n:
                 stage_image(n)
-            if rowtap:  # per channel: R partitions <- R row-shifted runs of the stage
+            if rowtap:  # per (channel, parity): its partitions (c, r) <- row-shifted runs of the plane
                 nrow = trows(nbo)
-                npc = max(1, min(nrow, -(-len(em.dma_streams) // C))) if oh0 == 0 else 1
+                npc = max(1, min(nrow, -(-len(em.dma_streams) // (C * sh)))) if oh0 == 0 else 1
                 step = -(-nrow // npc)
+                i = 0
                 for c in range(C):
-                    for f0 in range(0, nrow, step):
-                        nf = min(step, nrow - f0)
-                        em.dma(tiles[0].ap((nf * W,), elem_offset=f0 * W, partitions=R, start=c * R),
-                               stage.ap((R, nf * W), (W, 1), (oh0 * sh + f0) * W, partitions=1, start=c))
+                    for a in range(sh):
+                        k = len(range(a, R, sh))  # taps r = a, a+sh, ...: plane a, rows oh0 + r // sh
+                        for f0 in range(0, nrow, step):
+                            nf = min(step, nrow - f0)
+                            em.dma(tiles[0].ap((nf * W,), elem_offset=f0 * W, partitions=k, start=i),
+                                   stage.ap((k, nf * W), (W, 1), a * Hsq * W + (oh0 + f0) * W, partitions=1, start=c))
+                        i += k
 
                 def mov(blk, t0, nr, ow0, nw):
-                    off = t0 * sh * W + ow0 * sw + blk[1] - pl
+                    off = t0 * W + ow0 * sw + blk[1] - pl
                     if nr == 1:
                         return tiles[0].ap((nw,), (sw,), off, partitions=len(chunks[0]))
-                    return tiles[0].ap((nr, nw), (sh * W, sw), off, partitions=len(chunks[0]))
+                    return tiles[0].ap((nr, nw), (W, sw), off, partitions=len(chunks[0]))
                 return mov
             for q, ch in enumerate(chunks) if stage is not None else ():
                 # from the padded parity planes: one DMA per run of partitions (c, s0, r, r+sh..)

@@ -212,7 +212,8 @@ class _RangeAllocator:
             cands = []
             for i, (a, b) in enumerate(self.free_list):
                 if b - a >= n:
-                    for off in {a, b - n} | ({self.cursor} if a < self.cursor <= b - n else set()):
+                    offs = {a, b - n} | ({self.cursor} if a < self.cursor <= b - n else set())
+                    for off in offs:
                         cands.append((ready(off, n), (off - self.cursor) % self.size, i, off))
             if cands:
                 _, _, i, a = min(cands)
@@ -369,6 +370,7 @@ class Emitter:
         self._hbm_names: dict[str, HbmRef] = {}
         self._hbm_top = 0
         self.notes: dict = {}  # tag -> schedule choices (see note())
+        self.weight_layouts: dict = {}  # kernel -> (partitions, columns, dtype) a weight pack can hold, or None
         self._ro_ranges, self._ro_starts, self._ro_count = [], [], 0  # ascending (offsets grow)
         self.tag = ""
         self.pe_rows = int(getattr(config, "pe_rows", 128))
@@ -468,7 +470,7 @@ class Emitter:
                 if not top:
                     return 0
                 return top[0][1] if top[0][0] != q else (top[1][1] if len(top) > 1 else 0)
-            stream = min(self.dma_streams, key=lambda q: (max(fa.get(q, 0), ready_on(q)), ld[q]))
+            stream = min(self.dma_streams, key=lambda q: (max(fa.get(q, 0), ready_on(q)), -fa.get(q, 0), ld[q]))
         # same-stream order is free (in-order issue); other streams' results wait for visibility
         ready = max([0] + [d.end for d in deps if d.stream != stream])
         start = max(self._free_at.get(stream, 0), ready)

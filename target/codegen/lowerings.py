@@ -101,7 +101,7 @@ def lower_conv2d(ctx, g):
     conv2d(ctx.em, x, out, np.asarray(winfo.value, np.float32), stride, pad, int(node.attr("groups", 1)),
            ctx.const, scale=scale, bias=bias, func=g.param("act") or "identity", cdt=ctx.cdt, residual=res,
            prefetch=bool(g.param("prefetch")), weight_slot=slot, lane_dup=g.param("lane_pair") or g.param("row_dup"),
-           pair_rows=bool(g.param("pair_rows")),
+           pair_rows=bool(g.param("pair_rows")), weight_pack=ctx.weight_packs.get(g.name),
            pinned=(lambda arr: ctx.const_block.put(g.name, arr)) if getattr(ctx, "const_block", None) else None)
     release_slot(ctx, g)
 

@@ -135,6 +135,13 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
 
     opool = em.pool("sbuf", min(P, M), NC * it, cdt, 2, "mm_out")
     ppool = em.pool("psum", min(P, M), None, "fp32", min(4, em.psum_banks), "mm_ps")
+    tbanks = min(2, em.psum.largest_free() // em.psum_bank_bytes)  # out^T accumulators
+    bstat = tbanks > 0 and _b_stationary(em, M, KT, NC, len(ppool.tiles), cdt)
+    em.note(stationary="B" if bstat else "A")
+    tpool = tstage = None
+    if bstat:  # out^T accumulators (one PSUM bank per group of 128-column blocks) and their SBUF copy
+        tpool = em.pool("psum", P, None, "fp32", tbanks, "mm_tps")
+        tstage = em.pool("sbuf", P, em.psum_bank_bytes, "fp32", 2, "mm_tsb")
     nxt = load_b(0)
     for c in range(nchunks):
         bt = nxt
@@ -147,7 +154,9 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
             # contraction planes outermost over all PSUM blocks of the chunk (one accumulation
             # group per bank): the Tensor engine follows B's planes as they arrive
             pss = [ppool.next().ap((nb,), partitions=nm) for _, nb in blocks] if len(blocks) <= len(ppool.tiles) else None
-            if pss is not None:
+            if bstat:
+                _b_stationary_blocks(em, at, bt, nm, nn, NC, KT, kparts, pss, tpool, tstage)
+            elif pss is not None:
                 for j in range(KT):
                     kp = kparts(j)
                     for (nb0, nb), ps in zip(blocks, pss):
@@ -174,9 +183,79 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
             em.dma_split(out.flat_ap(m0 * N + n0, nm, N, (nn,), (1,)), ot.ap((nn,), partitions=nm))
     opool.release()
     ppool.release()
+    if bstat:
+        tstage.release()
+        tpool.release()
     bpool.release()
     for _, _, at in at_tiles:
         if not in_place:
             em.free(at)
     if brep is not None:
         em.free(brep)
+
+
+def _b_stationary(em: Emitter, M: int, KT: int, NC: int, banks: int, cdt: str) -> bool:
+    """Whether B is the stationary operand (see :func:`_b_stationary_blocks`): one M tile of at most
+    64 rows, the chunk's PSUM blocks all held at once, and fewer estimated Tensor-engine cycles.
+
+    A stationary (today's default): a matmul per 512-column block costs its N moving columns, so
+    a plane of B costs N cycles whatever M is.  B stationary: a matmul per 128-column block costs
+    max(64, M) (the stationary's load is hidden, NKI's cost formula), so a plane costs
+    ceil(N/128) x 64 for M <= 64, plus one transpose per block to bring out^T back to rows.  For
+    a classifier at batch 1 (1000 columns) that is 8 x 64 = 512 against 1000 cycles a plane."""
+    if M > 64 or -(-NC // em.max_moving_free) > banks:
+        return False
+    pe = em.pe_cols
+    nblk = -(-NC // pe)
+    a_cost = KT * sum(max(min(64, M), min(em.max_moving_free, NC - b0)) for b0 in range(0, NC, em.max_moving_free))
+    b_cost = KT * nblk * max(64, M) + nblk * max(pe, min(64, M))
+    # + the out^T evacuation and two cross-engine handoffs (PSUM -> SBUF copy, transposes),
+    # each ~the access overhead plus the copy, in Tensor-engine cycles
+    cfg = em.config
+    ghz = getattr(cfg, "tensor_ghz", 2.8)
+    over = 3 * getattr(cfg, "access_overhead_cycles", 60) * ghz / getattr(cfg, "vector_ghz", 1.12) + \
+        max(64, nblk * M) * ghz / getattr(cfg, "vector_ghz", 1.12)
+    return b_cost + over < a_cost
+
+
+def _b_stationary_blocks(em: Emitter, at, bt, nm: int, nn: int, NC: int, KT: int, kparts, pss, tpool, tstage):
+    """out[m, n] of one B chunk into the PSUM blocks ``pss`` with B stationary: per 128-column
+    block b, out^T[b] [128 n, nm m] accumulates over the KT planes (planes outermost: the Tensor
+    engine follows B's planes as they arrive), is copied to SBUF (fp32) and transposed back into
+    ``pss`` (rows m, columns n), where the row epilogue reads it as on the A-stationary path."""
+    pe, maxn = em.pe_cols, em.max_moving_free
+    per_bank = max(1, (em.psum_bank_bytes // 4) // nm)
+    nblk = -(-nn // pe)
+    for g0 in range(0, nblk, per_bank):
+        grp = range(g0, min(nblk, g0 + per_bank))
+        ps = tpool.next()
+        for j in range(KT):
+            kp = kparts(j)
+            for b in grp:
+                nb = min(pe, nn - b * pe)
+                em.matmul(ps.ap((nm,), (1,), (b - g0) * nm, partitions=nb),
+                          bt.ap((nb,), (1,), j * NC + b * pe, partitions=kp),
+                          at.ap((nm,), (1,), j * nm, partitions=kp), start=j == 0, stop=j == KT - 1)
+        sb = tstage.next()
+        # evacuate out^T: the full 128-row blocks together, a last partial block on its own rows
+        full = [b for b in grp if (b + 1) * pe <= nn]
+        if full:
+            w = len(full) * nm
+            em.copy(sb.ap((w,), (1,), (full[0] - g0) * nm, partitions=pe), ps.ap((w,), (1,), (full[0] - g0) * nm, partitions=pe))
+        for b in grp:
+            if b not in full:
+                nb = nn - b * pe
+                em.copy(sb.ap((nm,), (1,), (b - g0) * nm, partitions=nb), ps.ap((nm,), (1,), (b - g0) * nm, partitions=nb))
+        for b in grp:
+            nb = min(pe, nn - b * pe)
+            n0 = b * pe
+            dst = pss[n0 // maxn]
+            em.emit("tensor", isa.Transpose, dst=_cols(dst, n0 % maxn, nb, nm),
+                    src=sb.ap((nm,), (1,), (b - g0) * nm, partitions=nb))
+
+
+def _cols(ps, c0: int, n: int, rows: int):
+    """Columns [c0, c0 + n) of PSUM block AP ``ps`` over its first ``rows`` partitions."""
+    import dataclasses
+    it = isa.DTYPES[ps.dtype]
+    return dataclasses.replace(ps, offset=ps.offset + c0 * it, sizes=(n,), strides=(1,), num_partitions=rows)

@@ -13,12 +13,17 @@ candidate, not a guess.
 ``stem``           packed convs (few input channels, e.g. the 3-channel stem) from HBM:
                    ``"phase"`` -- the image staged split by row parity, taps (c, r, s0) on
                    partitions (fewest matmuls, short 1-row DMA runs into the stage);
-                   ``"rows"`` -- the image staged contiguously, taps (c, r) on partitions and
-                   every s a clipped moving-AP column offset (full-rate DMA; S matmuls per
-                   pixel block instead of ceil(S/2) for a stride-2 stem)
+                   ``"rows"`` -- the image staged split by row parity, unpadded; taps (c, r) on
+                   partitions, each holding only the rows it reads as one run, and every s a
+                   clipped moving-AP column offset (full-rate DMA, half the im2col bytes of
+                   "phase"; S matmuls per pixel block instead of ceil(S/2) for a stride-2 stem)
 ``prefetch_piece`` the least bytes per DMA piece of a weight load the plan issues ahead of its
                    kernel (fewer, larger pieces: fewer per-transfer latencies on the queues;
                    smaller: a kernel's weights spread over more queues and arrive sooner)
+``weight_pack``    0, or the row length (bytes per partition) up to which consecutive kernels'
+                   short weight rows are loaded together as one transfer
+                   (:mod:`target.codegen.weight_pack`; longer rows run at full DMA efficiency,
+                   but a pack's SBUF is held from its first kernel to its last)
 =================  ==========================================================================
 """
 from __future__ import annotations
@@ -30,12 +35,15 @@ from dataclasses import dataclass, fields, replace
 class LowerOptions:
     stem: str = "phase"
     prefetch_piece: int = 256 * 1024
+    weight_pack: int = 0
 
     def __post_init__(self):
         if self.stem not in STEM_LAYOUTS:
             raise ValueError(f"LowerOptions.stem {self.stem!r}: expected one of {STEM_LAYOUTS}")
         if self.prefetch_piece < 4096:
             raise ValueError(f"LowerOptions.prefetch_piece {self.prefetch_piece}: at least 4096 bytes")
+        if self.weight_pack < 0:
+            raise ValueError(f"LowerOptions.weight_pack {self.weight_pack}: 0 (off) or a row length in bytes")
 
     def neighbours(self, only=None) -> list:
         """The options that differ from this one in exactly one field (the search's moves);
@@ -54,7 +62,8 @@ class LowerOptions:
 
 
 STEM_LAYOUTS = ("phase", "rows")
-ALTERNATIVES = {"stem": STEM_LAYOUTS, "prefetch_piece": (256 * 1024, 512 * 1024, 1024 * 1024)}
+ALTERNATIVES = {"stem": STEM_LAYOUTS, "prefetch_piece": (256 * 1024, 512 * 1024, 1024 * 1024),
+                "weight_pack": (0, 4096)}
 WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer rounds of per-DMA latency
 
 
