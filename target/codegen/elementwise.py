@@ -16,6 +16,7 @@ from .values import Value, prod
 
 CHUNK_BYTES = 16384  # per partition per operand: well above the 2 KiB DMA efficiency knee
 BUFS = 3
+BLOCK = 512  # elements per partition of a resident operand's pixel block (a matmul's moving size)
 DIV = 2  # aim for about this many chunks (pipelining) when the tensor is big enough
 PIECE_BYTES = 192 * 1024  # streaming kernels: fewer, larger DMAs (latency is per transfer)
 COMMUTATIVE = {"add", "multiply", "max", "min"}
@@ -329,21 +330,26 @@ def _channel_affine_resident(em, x, out, scale, bias, func, cdt, pinned=None, va
     chunk = max(1, min(F, CHUNK_BYTES // it))
     pin = None if x.sbuf is not None else em.pool("sbuf", rows, chunk * it, cdt, BUFS, "bnr_x")
     pout = None if out.sbuf is not None else em.pool("sbuf", rows, chunk * it, cdt, BUFS, "bnr_o")
-    for n_img, j in [(n_img, j) for n_img in range(N) for j in range(planes)]:
+    # both resident: pixel blocks outermost (all planes of a block, then the next block), so a
+    # consumer that walks pixel blocks -- a conv's matmuls -- starts on block 0 while the rest is
+    # computed (the engines work in parallel instead of one after the other)
+    step = chunk if (pin or pout) else min(F, BLOCK)
+    order = [(n_img, f0, j) for n_img in range(N) for f0 in range(0, F, step) for j in range(planes)] \
+        if not (pin or pout) else [(n_img, f0, j) for n_img in range(N) for j in range(planes) for f0 in range(0, F, step)]
+    for n_img, f0, j in order:
         sc = cols.ap((1,), elem_offset=c0 + j, partitions=rows)
         bi = cols.ap((1,), elem_offset=c0 + planes + j, partitions=rows)
-        for f0 in range(0, F, chunk if (pin or pout) else F):
-            nf = min(chunk if (pin or pout) else F, F - f0)
-            f0 += n_img * C * F  # image n_img
-            src = x.flat_ap(j * F + f0, rows, L, (nf,), (1,))
-            if pin is not None:
-                t = pin.next().ap((nf,))
-                em.dma_split(t, src)
-                src = t
-            dst = out.flat_ap(j * F + f0, rows, L, (nf,), (1,)) if pout is None else pout.next().ap((nf,))
-            em.act(dst, src, func=func, scale=sc, bias=bi)
-            if pout is not None:
-                em.dma_split(out.flat_ap(j * F + f0, rows, L, (nf,), (1,)), dst)
+        nf = min(step, F - f0)
+        f0 += n_img * C * F  # image n_img
+        src = x.flat_ap(j * F + f0, rows, L, (nf,), (1,))
+        if pin is not None:
+            t = pin.next().ap((nf,))
+            em.dma_split(t, src)
+            src = t
+        dst = out.flat_ap(j * F + f0, rows, L, (nf,), (1,)) if pout is None else pout.next().ap((nf,))
+        em.act(dst, src, func=func, scale=sc, bias=bi)
+        if pout is not None:
+            em.dma_split(out.flat_ap(j * F + f0, rows, L, (nf,), (1,)), dst)
     for p in (pin, pout):
         if p is not None:
             p.release()
