@@ -15,6 +15,10 @@ and prints:
   split into HBM<->SBUF and SBUF->SBUF copies, and when each queue finishes (a ragged end is
   lost time);
 * per kernel: first and last compute instruction and the DMA span of its tag.
+
+``--free-concat-copies`` is a what-if: the on-chip (SBUF->SBUF) copies of concat kernels cost
+nothing in the cost model (both the emitter's clock and the simulator), i.e. the latency a
+layout that never copies a concat input would reach (notes/planner.md, session 7).
 """
 from __future__ import annotations
 
@@ -48,7 +52,18 @@ def main(argv=None) -> int:
     ap.add_argument("--planner", default="poly")
     ap.add_argument("--bucket", type=float, default=10.0, help="us per time bucket")
     ap.add_argument("--gaps", type=float, default=0.5, help="report Tensor-engine gaps longer than this (us)")
+    ap.add_argument("--free-concat-copies", action="store_true",
+                    help="what-if: concat kernels' SBUF->SBUF copies cost nothing")
     a = ap.parse_args(argv)
+    if a.free_concat_copies:
+        from target import cost, isa
+        ticks = cost.dma_ticks
+
+        def free_concat(ins, cfg):
+            if ":concat" in ins.tag and ins.src.mem == isa.Mem.SBUF and ins.dst.mem == isa.Mem.SBUF:
+                return 1
+            return ticks(ins, cfg)
+        cost.dma_ticks = free_concat
 
     rep, ev = trace_events(a.model, a.config, a.dtype, a.batch, a.planner)
     print(f"{a.model} b{a.batch} {a.dtype} {a.config} {a.planner}: {rep.latency_us:.1f} us, "

@@ -110,3 +110,35 @@ def test_resident_concat_moves_over_several_queues():
     hv = np.maximum(xv, 0)
     ref = 1 / (1 + np.exp(-np.concatenate([hv, np.einsum("kc,nchw->nkhw", w[:, :, 0, 0], hv)], axis=1)))
     assert rel_err(outs[o], ref) <= 2e-2
+
+
+def test_concat_copy_pieces_follow_the_lowering_option():
+    """A concat input the engines cannot write in place (32 channels at partition 80) is copied
+    on chip; ``LowerOptions.copy_piece`` is the least bytes per DMA piece of that copy: smaller
+    pieces spread it over more queues (the copy is on its readers' critical path).  Same values."""
+    import numpy as np
+    from target import isa
+    from target.codegen.options import LowerOptions
+    from tests.codegen_util import GraphBuilder
+    from tvm_poly.driver import compile_graph
+
+    rng = np.random.default_rng(0)
+    b = GraphBuilder()
+    x = b.input("x", (1, 16, 56, 56))
+
+    def conv(k):
+        w = b.const(f"w{k}", rng.standard_normal((k, 16, 1, 1)).astype(np.float32) / 4)
+        return b.op("conv2d", [x, w], (1, k, 56, 56), strides=(1, 1), padding=(0, 0, 0, 0), groups=1,
+                    dilation=(1, 1))
+    y = b.op("concat", [conv(80), conv(32)], (1, 112, 56, 56), axis=1)
+    y = b.op("relu", [y], (1, 112, 56, 56))
+    g = b.build(y)
+    progs = {p: compile_graph(g, "inf2", planner="poly", dtype="bfloat16", options=LowerOptions(copy_piece=p))
+             for p in (32 * 1024, 8 * 1024)}
+    copies = {p: [i for _, st in cp.program.streams for i in st if isinstance(i, isa.DmaCopy)
+                  and ":concat" in i.tag and i.src.mem == isa.Mem.SBUF] for p, cp in progs.items()}
+    assert copies[32 * 1024] and len(copies[8 * 1024]) > len(copies[32 * 1024])
+    assert min(i.dst.nbytes for i in copies[8 * 1024]) >= 8 * 1024
+    assert sum(i.dst.nbytes for i in copies[8 * 1024]) == sum(i.dst.nbytes for i in copies[32 * 1024])
+    xv = {"x": rng.standard_normal((1, 16, 56, 56)).astype(np.float32)}
+    np.testing.assert_array_equal(progs[32 * 1024].run(xv)[0][y], progs[8 * 1024].run(xv)[0][y])

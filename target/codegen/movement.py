@@ -151,6 +151,10 @@ def concat_flat(em: Emitter, out: Value, inputs: list, images: int = 1):
 
     Lo = _row_len(out)
     out_img = prod(out.shape) // images
+    # the least bytes per DMA piece of a copy (``LowerOptions.copy_piece``): a concat's copies
+    # are on the critical path of its readers, so smaller pieces over more queues finish sooner,
+    # at one trigger latency more per piece of queue work
+    piece = em.options.copy_piece
     for n_img in range(images):
         off = 0
         for v in inputs:
@@ -185,7 +189,7 @@ def concat_flat(em: Emitter, out: Value, inputs: list, images: int = 1):
                 # into about one piece per queue (a row-split relayout moves across partitions, so
                 # Emitter.dma_split cannot cut it; one DMA would run on one queue alone)
                 units = (t - h) // lcm
-                npc = min(len(em.dma_streams), units, max(1, (t - h) * v.itemsize // em.dma_min_piece))
+                npc = min(len(em.dma_streams), units, max(1, (t - h) * v.itemsize // piece))
                 if npc > 1:
                     step = -(-units // npc) * lcm
                     cuts |= set(range(h + step, t, step))
@@ -198,7 +202,8 @@ def concat_flat(em: Emitter, out: Value, inputs: list, images: int = 1):
                     raise CodegenError(f"concat {out.name}: range [{o}, {o + c}) does not map to one AP")
                 if d == s_:
                     continue  # written in place (the input is a slice of the output's buffer)
-                em.dma_split(d, s_)  # over the queues: one queue moves ~17 GB/s
+                em.consulted.add("copy_piece")
+                em.dma_split(d, s_, min_piece=piece)  # over the queues: one queue moves ~17 GB/s
             off += n
         if off != out_img:
             raise CodegenError(f"concat inputs give {off} elements per image, output has {out_img}")

@@ -24,6 +24,10 @@ candidate, not a guess.
                    short weight rows are loaded together as one transfer
                    (:mod:`target.codegen.weight_pack`; longer rows run at full DMA efficiency,
                    but a pack's SBUF is held from its first kernel to its last)
+``copy_piece``     the least bytes per DMA piece of a concat's on-chip copies (relayouts,
+                   slices the engines cannot write in place): smaller pieces spread a copy on
+                   its readers' critical path over more queues, each piece costs a trigger
+                   latency of queue time
 =================  ==========================================================================
 """
 from __future__ import annotations
@@ -36,12 +40,15 @@ class LowerOptions:
     stem: str = "phase"
     prefetch_piece: int = 256 * 1024
     weight_pack: int = 0
+    copy_piece: int = 32 * 1024
 
     def __post_init__(self):
         if self.stem not in STEM_LAYOUTS:
             raise ValueError(f"LowerOptions.stem {self.stem!r}: expected one of {STEM_LAYOUTS}")
         if self.prefetch_piece < 4096:
             raise ValueError(f"LowerOptions.prefetch_piece {self.prefetch_piece}: at least 4096 bytes")
+        if self.copy_piece < 512:
+            raise ValueError(f"LowerOptions.copy_piece {self.copy_piece}: at least 512 bytes")
         if self.weight_pack < 0:
             raise ValueError(f"LowerOptions.weight_pack {self.weight_pack}: 0 (off) or a row length in bytes")
 
@@ -63,7 +70,7 @@ class LowerOptions:
 
 STEM_LAYOUTS = ("phase", "rows")
 ALTERNATIVES = {"stem": STEM_LAYOUTS, "prefetch_piece": (256 * 1024, 512 * 1024, 1024 * 1024),
-                "weight_pack": (0, 4096)}
+                "weight_pack": (0, 4096), "copy_piece": (32 * 1024, 8 * 1024)}
 WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer rounds of per-DMA latency
 
 
