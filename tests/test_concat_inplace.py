@@ -140,3 +140,84 @@ def test_concat_relayout_is_split_over_the_queues():
     big = [i for _, i in moves if i.src.num_partitions != i.dst.num_partitions]
     assert len(big) >= 4 and len({s for s, _ in moves}) >= 4  # ~one per 32 KiB (Emitter.dma_min_piece)
     assert sum(i.dst.nbytes for _, i in moves) >= 288 * 196 * 4  # every element of the 288 moved once
+
+
+def _densenet_block(H, rng, C0=96, G=32, layers=3):
+    """DenseNet's dense block as the model has it: per layer, bn -> relu -> conv 1x1 (128) ->
+    relu -> conv 3x3 (G channels) and cat = concat(cat, that); a bn -> relu -> 1x1 conv reads
+    the last concat (the transition).  C0 + 32k channels: 96, 128, 160 (two planes), 192."""
+    b = GraphBuilder()
+    x = b.input("x", (1, 16, H, H))
+    xv = rng.standard_normal((1, 16, H, H)).astype(np.float32)
+    cat, catr = _conv(b, rng, x, xv, C0, 1, 0)
+
+    def bn_relu(v, vr):
+        C = vr.shape[1]
+        gam, bet = rng.uniform(0.5, 1.5, C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+        mu, var = rng.standard_normal(C).astype(np.float32), rng.uniform(0.5, 2, C).astype(np.float32)
+        y = b.op("batch_norm", [v] + [b.const(f"bn{b.k}_{k}", a) for k, a in
+                                      (("g", gam), ("b", bet), ("m", mu), ("v", var))], vr.shape, epsilon=1e-5, axis=1)
+        r = (vr - mu[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5) * gam[None, :, None, None] + \
+            bet[None, :, None, None]
+        return b.op("relu", [y], vr.shape), np.maximum(r, 0)
+    for _ in range(layers):
+        h, hr = bn_relu(cat, catr)
+        h, hr = _conv(b, rng, h, hr, 128, 1, 0)
+        h, hr = b.op("relu", [h], hr.shape), np.maximum(hr, 0)
+        n, nr = _conv(b, rng, h, hr, G, 3, 1)
+        cat = b.op("concat", [cat, n], (1, catr.shape[1] + G, H, H), axis=1)
+        catr = np.concatenate([catr, nr], axis=1)
+    h, hr = bn_relu(cat, catr)
+    o, orf = _conv(b, rng, h, hr, 64, 1, 0)
+    return b.build(o), o, {"x": xv}, orf
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dense_block_in_the_cyclic_layout_moves_only_its_first_input(dtype):
+    """The concat chain and the batch norms that read it take the cyclic layout (channel c on
+    partition c % 128 of plane c // 128): each concat is a prefix of the next (a cyclic slice)
+    and each 32-channel conv output lands on 32 partitions of one plane at a legal start (the
+    160-channel concat puts the second layer's channels on plane 1, partitions 0..32).  Nothing
+    moves; in the row-split layout the 160-channel buffer (80 x 2) copies the whole 128-channel
+    one (128 x 1 -> 80 x 2) and the 32 channels of the 192-channel one land at partition 80."""
+    from target import isa
+
+    g, o, inputs, ref = _densenet_block(8, np.random.default_rng(5))
+    cp = compile_graph(g, "inf2", planner="poly", dtype=dtype)
+    cats = [k for k in cp.plan.groups if k.kind == "concat"]
+    cyc = {t.name for t in cp.plan.tensors if t.cyclic}
+    assert {k.output for k in cats} <= cyc
+    slices = {t.name: (t.start_partition, t.num_partitions, t.plane, t.cyclic) for t in cp.plan.tensors
+              if t.placement == "alias" and t.num_partitions}
+    convs = [k for k in cp.plan.groups if k.kind == "conv2d"]
+    new = [k.output for k in convs if k.output in {c.inputs[1] for c in cats}]
+    assert [slices[n] for n in new] == [(96, 32, 0, False), (0, 32, 1, False), (32, 32, 1, False)]
+    assert slices[cats[0].output][3] and slices[cats[1].output] == (0, 128, 0, True)
+
+    def copied(cp):
+        return sum(i.dst.nbytes for _, st in cp.program.streams for i in st if isinstance(i, isa.DmaCopy)
+                   and i.tag.endswith(":concat") and i.src.mem == i.dst.mem == isa.Mem.SBUF)
+    assert copied(cp) == 0  # (the chain's first input is a conv's output too: a slice as well)
+    from tvm_poly.planners.poly import plan_poly
+    rows = compile_graph(g, "inf2", planner="poly", dtype=dtype,
+                         plan=plan_poly(g, cp.config, dtype, cyclic_layouts=False))
+    assert not any(t.cyclic for t in rows.plan.tensors) and copied(rows) > copied(cp)
+    outs, rep = cp.run(inputs)
+    assert rel_err(outs[o], ref) <= TOL[dtype]
+    outs2, rep2 = rows.run(inputs)
+    assert rel_err(outs2[o], ref) <= TOL[dtype] and rep.latency_us < rep2.latency_us
+
+
+def test_cyclic_values_map_whole_channels_of_one_plane():
+    from target.codegen.emitter import CodegenError, Emitter
+    from target.codegen.values import Value
+    from target.config import load_config
+
+    em = Emitter(load_config("inf2"))
+    t = em.sbuf_resident(0, 128, 0, 2 * 64 * 4, "fp32", "cat")
+    v = Value("cat", (1, 200, 8, 8), "fp32", sbuf=t, cyclic=True)
+    ap = v.chan_ap(0, 160, 32, 5, (10,), (1,))  # channels 160..192: plane 1, partitions 32..64
+    assert (ap.start_partition, ap.num_partitions, ap.offset) == (32, 32, (64 + 5) * 4)
+    assert v.planes() == 2
+    with pytest.raises(CodegenError, match="not whole channels of one plane"):
+        v.chan_ap(0, 120, 16, 0, (64,), (1,))  # channels 120..136 straddle planes 0 and 1

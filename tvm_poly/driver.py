@@ -77,7 +77,8 @@ class LowerCtx:
         self.inputs, self.outputs, self.runtime_weights = [], [], []
         self._alias = {t.name: t.alias_of for t in plan.tensors if t.placement == "alias"}
         # concat inputs written in place: name -> (first partition, partitions) of the root's tile
-        self._slices = {t.name: (t.start_partition, t.num_partitions) for t in plan.tensors
+        # (plane: of a cyclic root; cyclic: the slice is a cyclic prefix of the root's channels)
+        self._slices = {t.name: (t.start_partition, t.num_partitions, t.plane, t.cyclic) for t in plan.tensors
                         if t.placement == "alias" and t.num_partitions}
         self._const_values: dict[str, Value] = {}
         # spatial tiling (poly row bands): band buffers (allocation.band_views) and the weight
@@ -146,15 +147,21 @@ class LowerCtx:
     def _slice(self, name: str) -> Value:
         """A concat input that lives in partitions [p0, p0 + rows) of the concat's resident buffer."""
         if name not in self.values:
-            p0, rows = self._slices[name]
+            p0, rows, plane, cyc = self._slices[name]
             parent = self._alias[name]
             while parent in self._slices:  # a chained slice (a concat inside a concat)
                 p0 += self._slices[parent][0]
+                plane += self._slices[parent][2]
                 parent = self._alias[parent]
             base = self.out(self.root(name))
+            F = int(np.prod(self.tm[name].shape[2:]))
+            it = isa.DTYPES[base.dtype]
             tile = replace(base.sbuf, partitions=rows, start_partition=base.sbuf.start_partition + p0,
-                                       name=f"{base.sbuf.name}[p{p0}:{p0 + rows}]")
-            self.values[name] = Value(name, tuple(self.tm[name].shape), base.dtype, sbuf=tile, images=base.images)
+                           offset=base.sbuf.offset + plane * F * it,
+                           nbytes=base.sbuf.nbytes - plane * F * it if cyc else F * it if base.cyclic else base.sbuf.nbytes,
+                           name=f"{base.sbuf.name}[p{p0}:{p0 + rows}" + (f" plane {plane}]" if plane else "]"))
+            self.values[name] = Value(name, tuple(self.tm[name].shape), base.dtype, sbuf=tile, images=base.images,
+                                      cyclic=cyc)
         return self.values[name]
 
     def out(self, name: str) -> Value:
@@ -170,9 +177,12 @@ class LowerCtx:
                 raise CodegenError(f"graph output {name} cannot be SBUF-resident")
             size = int(np.prod(t.shape))
             need = -(-size // pl.num_partitions) * isa.DTYPES[self.cdt]
+            if pl.cyclic:
+                need = -(-int(t.shape[1]) // pl.num_partitions) * int(np.prod(t.shape[2:])) * isa.DTYPES[self.cdt]
             tile = self.em.sbuf_resident(pl.start_partition, pl.num_partitions, pl.offset,
                                          max(pl.nbytes, need), self.cdt, name)
-            v = Value(name, tuple(t.shape), self.cdt, sbuf=tile, images=max(1, int(getattr(pl, "images", 1))))
+            v = Value(name, tuple(t.shape), self.cdt, sbuf=tile, images=max(1, int(getattr(pl, "images", 1))),
+                      cyclic=pl.cyclic)
             self.values[name] = v
             return v
         members = [m for m in list(self._alias) + [name] if self.root(m) == name]

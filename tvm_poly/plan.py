@@ -24,15 +24,21 @@ class TensorPlacement:
     nbytes: int = 0
     images: int = 1  # placement == "sbuf": > 1 = per-image row-split layout (see target.codegen.values)
     band_rows: int = 0  # placement == "sbuf": > 0 = a band buffer of that many rows (spatial tiling)
+    cyclic: bool = False  # placement == "sbuf": the cyclic channel layout of a concat chain
+    # (channel c on partition c % 128 of plane c // 128, see target.codegen.values); an alias
+    # slice of a cyclic buffer: ``plane`` is its plane, or the slice is a cyclic prefix
+    plane: int = 0
 
     def __str__(self):
         if self.placement == "sbuf":
             return (f"{self.name}: sbuf p[{self.start_partition}:{self.start_partition + self.num_partitions}]"
-                    f" @{self.offset} +{self.nbytes}B" + (f" band of {self.band_rows} rows" if self.band_rows else ""))
+                    f" @{self.offset} +{self.nbytes}B" + (f" band of {self.band_rows} rows" if self.band_rows else "")
+                    + (" cyclic" if self.cyclic else ""))
         if self.placement == "alias":
             if self.num_partitions:
                 return (f"{self.name}: slice p[{self.start_partition}:{self.start_partition + self.num_partitions}]"
-                        f" of {self.alias_of}")
+                        + (f" plane {self.plane}" if self.plane else "") + (" cyclic" if self.cyclic else "")
+                        + f" of {self.alias_of}")
             return f"{self.name}: alias of {self.alias_of}"
         return f"{self.name}: hbm"
 

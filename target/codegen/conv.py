@@ -331,7 +331,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         kgroups = [list(range(KT))]
         wconsts = [arr.reshape(rows, -1)]
     else:
-        cm = ChanMap(C, P)
+        cm = ChanMap(C, P, cyclic=bool(res_in and x.cyclic))  # a resident input's layout
         cidx = cm.index()  # [CT, parts]
         CT = cm.T
         # A[jk, m, j, p, tap] = w[kidx[jk, m], cidx[j, p], tap]

@@ -357,6 +357,40 @@ def _channel_affine_resident(em, x, out, scale, bias, func, cdt, pinned=None, va
         em.free(cols)
 
 
+def _channel_affine_cyclic(em, x, out, scale, bias, func, cdt, pinned=None, values=None):
+    """channel_affine where an operand has the cyclic layout (a concat chain's buffer, N = 1):
+    plane j holds channels [128 j, 128 j + rows_j) on partitions 0..rows_j; per pixel block, one
+    Activation per plane (the conv that reads the output starts on the first block)."""
+    N, C, F = x.ncf()
+    P = em.partitions
+    planes = -(-C // P)
+
+    def arr():
+        a = np.zeros((P, 2 * planes), np.float32)
+        for j in range(planes):
+            nc = min(P, C - j * P)
+            a[:nc, j] = np.asarray(values[0], np.float32)[j * P:j * P + nc]
+            a[:nc, planes + j] = np.asarray(values[1], np.float32)[j * P:j * P + nc]
+        return a
+
+    def loads(cols):
+        for j in range(planes):
+            nc = min(P, C - j * P)
+            em.dma(cols.ap((1,), elem_offset=j, partitions=nc), scale.flat_ap(j * P, nc, 1, (1,), (1,)))
+            em.dma(cols.ap((1,), elem_offset=planes + j, partitions=nc), bias.flat_ap(j * P, nc, 1, (1,), (1,)))
+    cols, c0, own = _cols(em, P, 2 * planes, pinned if values is not None else None, arr, loads)
+    step = min(F, BLOCK)
+    for f0 in range(0, F, step):
+        nf = min(step, F - f0)
+        for j in range(planes):
+            nc = min(P, C - j * P)
+            em.act(out.chan_ap(0, j * P, nc, f0, (nf,), (1,)), x.chan_ap(0, j * P, nc, f0, (nf,), (1,)), func=func,
+                   scale=cols.ap((1,), elem_offset=c0 + j, partitions=nc),
+                   bias=cols.ap((1,), elem_offset=c0 + planes + j, partitions=nc))
+    if own:
+        em.free(cols)
+
+
 def affine_columns(C: int, partitions: int = 128) -> int:
     """fp32 columns channel_affine needs for C channels in either layout (the constant block's
     reservation): 2 x planes (resident row-split) or 2 x channel tiles (HBM path)."""
@@ -373,8 +407,12 @@ def channel_affine(em: Emitter, x: Value, out: Value, scale: Value, bias: Value,
     cdt = cdt or out.dtype
     N, C, F = x.ncf()
     P = em.partitions
-    if x.sbuf is not None or out.sbuf is not None:
+    cyc = [v.cyclic for v in (x, out) if v.sbuf is not None]
+    if len(cyc) == 2 and all(cyc) and N == 1:
+        return _channel_affine_cyclic(em, x, out, scale, bias, func, cdt, pinned, values)
+    if (x.sbuf is not None or out.sbuf is not None) and not any(cyc):
         return _channel_affine_resident(em, x, out, scale, bias, func, cdt, pinned, values)
+    # (otherwise staged through SBUF tiles per 128-channel tile: a cyclic operand's tiles are its planes)
     it = isa.DTYPES[cdt]
     chunk = max(1, min(F, CHUNK_BYTES // it))
     CT = -(-C // P)

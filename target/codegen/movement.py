@@ -138,7 +138,18 @@ def _flat_range_ap(v: Value, off: int, n: int):
 
 
 def _row_len(v: Value):
+    if v.sbuf is not None and v.cyclic:  # one channel per row (see values.py)
+        return v.ncf()[2]
     return None if v.sbuf is None else prod(v.shape) // max(1, v.images) // v.sbuf.partitions
+
+
+def _plane_cuts(v: Value, base: int, lo: int, hi: int) -> set:
+    """Positions in [lo, hi) (coordinates where ``v`` starts at ``base``) where a cyclic value's
+    next plane begins: an AP covers one plane."""
+    if v.sbuf is None or not v.cyclic:
+        return set()
+    step = v.ncf()[2] * v.sbuf.partitions
+    return set(range(base + step, hi, step)) & set(range(lo, hi))
 
 
 def concat_flat(em: Emitter, out: Value, inputs: list, images: int = 1):
@@ -193,6 +204,7 @@ def concat_flat(em: Emitter, out: Value, inputs: list, images: int = 1):
                 if npc > 1:
                     step = -(-units // npc) * lcm
                     cuts |= set(range(h + step, t, step))
+                cuts |= _plane_cuts(out, 0, a, b) | _plane_cuts(v, off, a, b)
                 pts = sorted({a, b, h, t} | cuts)
                 pieces = [(x, y - x) for x, y in zip(pts, pts[1:]) if y > x]
             for o, c in pieces:

@@ -11,6 +11,13 @@ A :class:`Value` is a logical tensor (row-major shape, ISA dtype) with a placeme
   every kernel's HBM access pattern maps 1:1 onto the resident tile (an access whose row
   stride is not L raises CodegenError: e.g. cyclic tiles of a C=200 tensor cannot be resident).
 
+* ``sbuf`` with ``cyclic``: the *cyclic layout* of a concat chain (DenseNet's dense-block
+  buffer, N = 1): channel c on partition c % 128 of plane c // 128 (planes F = H*W elements
+  apart on each partition), the last plane partial.  Every prefix of the channels is the same
+  layout over the first planes, and 32 new channels land on 32 partitions at a start the
+  engines accept, so a chain of concats never moves data.  Only whole-channel accesses inside
+  one plane map onto it (:meth:`flat_ap` with row stride F).
+
 Operator code asks for access patterns through :meth:`Value.chan_ap` /
 :meth:`Value.flat_ap` and moves data with DMA; a DMA from a resident value is an
 SBUF->SBUF copy, so the same operator code serves both placements (a later planner
@@ -43,6 +50,7 @@ class Value:
     images: int = 1  # resident only: > 1 = per-image row-split (image n's rows at n * L on each partition)
     base: Optional["Value"] = None  # row window: this Value is rows [row0, row0 + H) of ``base``
     row0: int = 0
+    cyclic: bool = False  # resident only: the cyclic channel layout (see the module docstring)
 
     @property
     def itemsize(self):
@@ -112,6 +120,8 @@ class Value:
             return self.base.flat_ap(off, partitions, ps, sizes, st)
         if self.hbm is not None:
             return self.hbm.ap(elem_off, partitions, partition_stride, sizes, strides)
+        if self.sbuf is not None and self.cyclic:
+            return self._cyclic_ap(elem_off, partitions, partition_stride, sizes, strides)
         if self.sbuf is not None:
             rows = self.sbuf.partitions
             img = self.size // max(1, self.images)
@@ -126,3 +136,24 @@ class Value:
                                    f"does not match its layout ({rows} rows of {L})")
             return self.sbuf.ap(sizes, strides, off, partitions=partitions, start=p0, dtype=self.dtype)
         raise CodegenError(f"value {self.name} has no placement")
+
+    def planes(self) -> int:
+        """Channel planes per partition (the cyclic layout: ceil(C / 128))."""
+        _, C, _ = self.ncf()
+        return -(-C // self.sbuf.partitions) if self.cyclic else 1
+
+    def _cyclic_ap(self, elem_off, partitions, partition_stride, sizes, strides) -> isa.AP:
+        """flat_ap over the cyclic layout: rows are channels (stride F), inside one plane."""
+        N, C, F = self.ncf()
+        if N != 1:
+            raise CodegenError(f"cyclic resident {self.name}: one image only")
+        c0, f = divmod(int(elem_off), F)
+        P = self.sbuf.partitions
+        span = f
+        for n, st in zip(sizes, strides):
+            span += (n - 1) * abs(st)
+        if (partitions > 1 and partition_stride != F) or span >= F or \
+                c0 // P != (c0 + partitions - 1) // P:
+            raise CodegenError(f"cyclic resident {self.name}: access at element {elem_off} over {partitions} "
+                               f"rows of stride {partition_stride} is not whole channels of one plane")
+        return self.sbuf.ap(sizes, strides, (c0 // P) * F + f, partitions=partitions, start=c0 % P, dtype=self.dtype)

@@ -140,6 +140,52 @@ def resident_rows(shape) -> int:
     return cm.parts if cm.blocked or cm.T == 1 else 0
 
 
+def cyclic_chains(groups, tm, root) -> set:
+    """Tensors that take the cyclic channel layout (target/codegen/values.py): the concat chains
+    -- a concat whose first input is the previous concat's output, DenseNet's dense blocks -- and
+    the batch norms that read them.  In the row-split layout a growing buffer changes its plane
+    count (160 = 80 x 2, 288 = 96 x 3 ...) and each change copies the whole buffer; 32 new
+    channels land on 16 or 10.7 partitions, often at a start the engines refuse (copied too).  In
+    the cyclic layout every concat of the chain is a prefix of the next and a 32-channel input
+    lands on one plane at a legal start (``_concat_slices`` places them): only the chain's first
+    input is copied in.  The chain runs from its head to its last concat whose other readers are
+    all batch norms read only by convs (the kernels that read the layout); a concat after that
+    copies the chain's buffer into its own row-split layout."""
+    readers: dict = {}
+    for g in groups:
+        for i in g.inputs:
+            readers.setdefault(root(i), []).append(g)
+    concats = {root(g.output): g for g in groups if g.kind == "concat" and len(tm[g.output].shape) == 4
+               and _axis(g, tm) == 1 and int(tm[g.output].shape[0]) == 1}
+
+    def next_of(c):
+        nxt = [u for u in readers.get(root(c.output), ()) if root(u.output) in concats
+               and root(u.inputs[0]) == root(c.output)]
+        return nxt[0] if len(nxt) == 1 else None
+
+    out = set()
+    for r, g in concats.items():
+        if root(g.inputs[0]) in concats:
+            continue  # not the head of a chain
+        names, members, c = set(), 0, g
+        while c is not None:
+            mine, ok, nxt = {root(c.output)}, True, next_of(c)
+            for u in readers.get(root(c.output), ()):
+                if u is nxt:
+                    continue
+                ok &= u.kind == "batch_norm" and tuple(tm[u.output].shape) == tuple(tm[c.output].shape) and \
+                    all(v.kind == "conv2d" for v in readers.get(root(u.output), ()))
+                mine.add(root(u.output))
+            if not ok:
+                break
+            names |= mine
+            members += 1
+            c = nxt
+        if members >= 2:
+            out |= names
+    return out
+
+
 def _sbuf_size(config) -> int:
     return int(getattr(config, "sbuf_bytes_per_partition", 196608))
 
@@ -451,7 +497,7 @@ def _row_pairs(steps, resident, graph, root, max_moving_free: int, notes) -> lis
     return out
 
 
-def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, notes) -> dict:
+def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, notes, cyclic=frozenset()) -> dict:
     """Channel concats computed in place: a resident concat input produced by a plain conv (read
     only by the concat, or by others in its own layout) becomes a *slice* of the concat's buffer -- the
     partitions [p0, p0 + rows) that its flat range occupies in the output's row-split layout --
@@ -464,8 +510,11 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
     allocation).  Chains too (DenseNet: each layer's concat extends the previous one): a
     resident concat output read by the next concat at a partition-aligned offset in the same
     layout (same rows) becomes its slice as well, with everything nested in it, so a dense
-    block's concats share one buffer and nothing is copied.  Returns input name -> (concat
-    output, p0, rows); a chained slice's p0 is relative to its parent."""
+    block's concats share one buffer and nothing is copied.  A concat in the cyclic layout
+    (``cyclic_chains``): its previous concat is the prefix of its channels (a cyclic slice) and
+    a conv's input is the 32-partition range of one plane at its channel offset.  Returns input
+    name -> (concat output, p0, rows, plane, cyclic prefix); a chained slice's p0 and plane are
+    relative to its parent."""
     from target.codegen.conv import ChanMap, _start_ok
 
     tm = graph.tensor_map
@@ -488,34 +537,46 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
             continue
         rows_out = alloc.buffers[r].partitions
         elems_out = int(np.prod(tm[r].shape))
-        if elems_out % rows_out:
+        if elems_out % rows_out and r not in cyclic:
             continue
-        L = elems_out // rows_out
+        F = int(np.prod(tm[r].shape[2:]))
+        L = F if r in cyclic else elems_out // rows_out  # cyclic: one channel per row
         a_r, n_r = alloc.slots[r]
-        take, off = [], 0  # (input, first kernel it needs the buffer, p0, rows)
-        for i in g.inputs:
+        take, off = [], 0  # (input, first kernel it needs the buffer, p0, rows, plane, cyclic prefix)
+        for k, i in enumerate(g.inputs):
             n = int(np.prod(tm[i].shape))
             pi = producer.get(root(i))
             aligned, p0, rows = off % L == 0 and n % L == 0, off // L, n // L
+            plane = 0
+            if r in cyclic:  # channels [p0, p0 + rows): plane p0 // 128 from partition p0 % 128
+                plane, p0 = divmod(p0, 128)
+                aligned = aligned and (p0 + rows <= 128 or (k == 0 and p0 == 0))
             off += n
             # a resident tensor of its own (not sliced yet), on whole partitions of the output at
             # a start the engines accept, produced once by an untiled kernel
             if not (aligned and root(i) == i and i in alloc.slots and pi is not None and pi not in tiled and
-                    _start_ok(p0, rows) and len(step_of.get(groups[pi].name, ())) == 1):
+                    _start_ok(p0, min(rows, 128)) and len(step_of.get(groups[pi].name, ())) == 1):
                 continue
+            if r in cyclic:
+                if k == 0 and groups[pi].kind == "concat" and i in cyclic:
+                    take.append((i, alloc.buffers[i].start, 0, min(rows, 128), 0, True))  # the chain's prefix
+                    continue
+                rows = min(rows, 128)
             own_rows = alloc.buffers[i].partitions == rows  # other readers see it in its own layout
+            if r in cyclic and groups[pi].kind != "conv2d":
+                continue
             if groups[pi].kind == "concat" and own_rows:
-                take.append((i, alloc.buffers[i].start, p0, rows))  # a chained concat
+                take.append((i, alloc.buffers[i].start, p0, rows, plane, False))  # a chained concat
             elif groups[pi].kind == "conv2d" and (readers.get(i) == {gi} or own_rows):
                 ps = step_of[groups[pi].name][0]
                 cm = ChanMap(int(tm[i].shape[1]), rows)
                 if not any(ps.param(k) for k in ("residual", "lane_pair", "row_dup", "images", "rows")) and \
                         cm.parts == rows and (cm.blocked or cm.T == 1):
-                    take.append((i, pi, p0, rows))
+                    take.append((i, pi, p0, rows, plane, False))
         if not take:
             continue
-        t0 = min(pi for _, pi, _, _ in take)
-        taken = {i for i, _, _, _ in take}
+        t0 = min(t[1] for t in take)
+        taken = {t[0] for t in take}
 
         def chain_root(x):
             while x in out:
@@ -536,16 +597,20 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
                 continue
             alloc.slots[r] = (a_new, n_r)
         alloc.buffers[r] = dataclasses.replace(b_r, start=t0, end=end)
-        for i, pi, p0, rows in take:
-            out[i] = (r, p0, rows)
+        for i, pi, p0, rows, plane, cyc in take:
+            out[i] = (r, p0, rows, plane, cyc)
             alloc.slots.pop(i, None)
-        notes.append(f"concat in place: {g.tag} inputs " + ", ".join(f"{i} (p[{p0}:{p0 + rows}])" for i, _, p0, rows in take)
-                     + f" are slices of {r}: their convs write there, the concat moves nothing")
+        notes.append(f"concat in place: {g.tag} inputs " + ", ".join(
+            f"{i} (p[{p0}:{p0 + rows}]" + (f" plane {plane}" if plane else "") + (" cyclic" if cyc else "") + ")"
+            for i, _, p0, rows, plane, cyc in take) + f" are slices of {r}: their convs write there, the concat moves nothing")
     return out
 
 
-def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -> PolyPlan:
-    t0 = time.perf_counter()
+def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, cyclic_layouts: bool = True,
+              _t0: float = None) -> PolyPlan:
+    """``cyclic_layouts``: concat chains may take the cyclic channel layout (``cyclic_chains``);
+    a plan that would read one per row band or sub-batch is made again without."""
+    t0 = time.perf_counter() if _t0 is None else _t0
     if config is None or not hasattr(config, "sbuf_partitions"):
         from target.config import load_config
         config = load_config(config or "inf2")
@@ -585,6 +650,9 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         except Exception as e:  # noqa: BLE001
             notes.append(f"liveness from the model failed ({type(e).__name__}: {e}); graph order used")
 
+    cyclic = cyclic_chains(groups, tm, root) if cyclic_layouts else set()
+    if cyclic:
+        notes.append(f"cyclic layout (concat chains and their batch norms): {len(cyclic)} tensors")
     # ---- candidates
     buffers, why_not = [], {}
     for r, gi in producer.items():
@@ -597,7 +665,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         if problem:
             why_not[r] = problem
             continue
-        rows = {resident_rows(tm[m].shape) for m in ms}
+        rows = {min(128, int(tm[m].shape[1])) if r in cyclic else resident_rows(tm[m].shape) for m in ms}
         if len(rows) != 1 or 0 in rows or len({int(tm[m].shape[0]) for m in ms}) != 1:
             why_not[r] = f"layout of shape {tuple(info.shape)} does not match the kernels' channel mapping"
             continue
@@ -618,6 +686,8 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
         (rows,) = rows
         elems = int(np.prod(info.shape))
         nbytes = -(-elems // rows) * it
+        if r in cyclic:  # ceil(C / 128) planes of H*W
+            nbytes = -(-int(info.shape[1]) // rows) * int(np.prod(info.shape[2:])) * it
         start, end = gi, max(uses)
         if r in live_ops:
             ls, le = live_ops[r]
@@ -825,18 +895,20 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             imgs = sg[2] if sg is not None and b.end < sg[1] else int(tm[b.name].shape[0])
             placements.append(TensorPlacement(b.name, "sbuf", start_partition=0, num_partitions=b.partitions,
                                               offset=alloc.offset(b.name), nbytes=alloc.slots[b.name][1],
-                                              images=imgs, band_rows=band_rows.get(b.name, 0)))
+                                              images=imgs, band_rows=band_rows.get(b.name, 0),
+                                              cyclic=b.name in cyclic))
     aliased = {p.name for p in placements}
     for t in graph.tensors:
         if t.name not in aliased and not t.is_constant:
             placements.append(TensorPlacement(t.name, "hbm"))
     steps = _lane_pairs(steps, resident, graph, root, int(getattr(config, "max_moving_free", 512)), notes)
     steps = _row_pairs(steps, resident, graph, root, int(getattr(config, "max_moving_free", 512)), notes)
-    slices = _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, notes)
+    slices = _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, notes, cyclic)
     if slices:
-        outs_ = {r for r, _, _ in slices.values()}
+        outs_ = {v[0] for v in slices.values()}
         placements = [TensorPlacement(t.name, "alias", alias_of=slices[t.name][0], start_partition=slices[t.name][1],
-                                      num_partitions=slices[t.name][2]) if t.name in slices else
+                                      num_partitions=slices[t.name][2], plane=slices[t.name][3],
+                                      cyclic=slices[t.name][4]) if t.name in slices else
                       dataclasses.replace(t, offset=alloc.offset(t.name)) if t.name in outs_ else t
                       for t in placements]
         resident -= set(slices)
@@ -874,6 +946,10 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None) -
             for j in range(lo_, hi_) if f"{groups[j].name}/weights" not in alloc.slots)
     info["row_segments"] = tuple((lo_, hi_, B) for lo_, hi_, B, _ in rsegs)
     info["band_weights_kept"] = tuple(kept_weights)
+    if cyclic and any((g.param("rows") is not None or g.param("images")) and
+                      any(root(t) in cyclic for t in tuple(g.inputs) + (g.output,)) for g in steps):
+        # the cyclic layout is not read per row band or sub-batch: plan without it
+        return plan_poly(graph, config, dtype, model, cyclic_layouts=False, _t0=t0)
     plan = PolyPlan("poly", dtype, tuple(placements), tuple(steps),
                     info=tuple(sorted(info.items())), notes=tuple(notes))
     object.__setattr__(plan, "_allocation", alloc)
