@@ -221,3 +221,69 @@ def test_cyclic_values_map_whole_channels_of_one_plane():
     assert v.planes() == 2
     with pytest.raises(CodegenError, match="not whole channels of one plane"):
         v.chan_ap(0, 120, 16, 0, (64,), (1,))  # channels 120..136 straddle planes 0 and 1
+
+
+def _inception_concat(rng, widths=(112, 288, 64, 64), H=13):
+    """Four 1x1-conv branches concatenated (Inception v1's 528-channel module 4d) and a 1x1 conv
+    and a 3x3/1 max pool -> 1x1 conv reading the concat (module 4e's first branch and pool branch)."""
+    b = GraphBuilder()
+    x = b.input("x", (1, 32, H, H))
+    xv = rng.standard_normal((1, 32, H, H)).astype(np.float32)
+    outs = [_conv(b, rng, x, xv, k, 1, 0) for k in widths]
+    C = sum(widths)
+    cat = b.op("concat", [o for o, _ in outs], (1, C, H, H), axis=1)
+    catr = np.concatenate([r for _, r in outs], axis=1)
+    y1, r1 = _conv(b, rng, cat, catr, 64, 1, 0)
+    p = b.op("max_pool2d", [cat], (1, C, H, H), pool_size=(3, 3), strides=(1, 1), padding=(1, 1, 1, 1))
+    cp_ = np.pad(catr, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    pr = np.max([cp_[:, :, r:r + H, s:s + H] for r in range(3) for s in range(3)], axis=0)
+    y2, r2 = _conv(b, rng, p, pr, 64, 1, 0)
+    y = b.op("add", [y1, y2], (1, 64, H, H))
+    return b.build(y), y, {"x": xv}, r1 + r2, cat, p
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_concat_on_whole_rows_of_every_input(dtype):
+    """528 channels are 88 x 6 in the kernels' default blocked map, which puts the 112-channel
+    input on 18.67 partitions: the concat copies it in per-row pieces.  The planner lays the
+    concat out as 66 x 8 (every input on whole rows: 14, 36, 8, 8), the pool that reads it too,
+    and the convs contract over 66-row planes; the driver lowers the plan with and without and
+    keeps the earlier end (here: with)."""
+    from target import isa
+    from tvm_poly.planners.poly import plan_poly
+
+    g, y, inputs, ref, cat, pool = _inception_concat(np.random.default_rng(6))
+    cp = compile_graph(g, "inf2", planner="poly", dtype=dtype)
+    rows = dict(dict(cp.plan.info)["aligned_rows"])
+    assert rows == {cat: 66, pool: 66}
+    plain = compile_graph(g, "inf2", planner="poly", dtype=dtype, plan=plan_poly(g, cp.config, dtype, aligned_layouts=False))
+
+    def copies(c):
+        return [i for _, st in c.program.streams for i in st if isinstance(i, isa.DmaCopy) and i.tag.endswith(":concat")]
+    assert 0 < len(copies(cp)) < len(copies(plain))
+    for c in (cp, plain):
+        outs, _ = c.run(inputs)
+        assert rel_err(outs[y], ref) <= TOL[dtype]
+
+
+def test_concat_rows_stay_default_when_a_reader_needs_them():
+    """A reader that is neither a conv, a lane-to-lane kernel nor a concat (here a global pool's
+    classifier reads the pool output, so the layout would reach a matmul) keeps the default map."""
+    from tvm_poly.planners.poly import aligned_concat_rows
+
+    class G:
+        def __init__(self, name, kind, inputs, output, **p):
+            self.name, self.kind, self.inputs, self.output, self._p = name, kind, tuple(inputs), output, p
+
+        def param(self, k, default=None):
+            return self._p.get(k, default)
+
+    class T:
+        def __init__(self, shape, const=False):
+            self.shape, self.is_constant = shape, const
+    tm = {"a": T((1, 112, 13, 13)), "b": T((1, 416, 13, 13)), "c": T((1, 528, 13, 13)), "p": T((1, 528, 1, 1)),
+          "f": T((1, 10))}
+    groups = [G("cat", "concat", ["a", "b"], "c", axis=1), G("gp", "pool", ["c"], "p"), G("fc", "matmul", ["p"], "f")]
+    assert aligned_concat_rows(groups, tm, lambda t: t) == {}
+    groups[2] = G("cv", "conv2d", ["p"], "f")
+    assert aligned_concat_rows(groups, tm, lambda t: t) == {"c": 66, "p": 66}

@@ -63,12 +63,15 @@ class ConstBlock:
         return self.tile is not None and name in self.offsets
 
     def put(self, name: str, arr: np.ndarray):
-        """Store ``arr`` [rows, cols] as group ``name``'s columns; returns (tile, first column)."""
+        """Store ``arr`` [rows, cols] as group ``name``'s columns; returns (tile, first column), or
+        None when the block has no room for them (the reservation follows the kernels' default
+        channel map; a planned layout with more planes -- poly.aligned_concat_rows -- needs more
+        columns): the kernel then loads its own."""
         if self.tile is None or name not in self.offsets:
             return None
         c0, c = self.offsets[name]
         arr = np.asarray(arr, np.float32)
         if arr.shape[1] > c or arr.shape[0] > self.tile.partitions:
-            raise ValueError(f"const block: {name} has {c} columns, got {arr.shape}")
+            return None
         self.array[: arr.shape[0], c0:c0 + arr.shape[1]] = arr
         return self.tile, c0

@@ -71,6 +71,21 @@ class ChanMap:
         return idx
 
 
+def resident_map(v, C: int, P: int) -> "ChanMap":
+    """The channel map of value ``v``'s layout: the default blocked map, or, for an SBUF-resident
+    value, the cyclic map / the blocked map over its tile's partitions (a concat laid out on whole
+    rows of its inputs, poly.aligned_concat_rows)."""
+    if v.sbuf is None:
+        return ChanMap(C, P)
+    if v.cyclic:
+        return ChanMap(C, P, cyclic=True)
+    cm = ChanMap(C, P)
+    rows = v.sbuf.partitions
+    if rows != cm.parts and C > rows and C % rows == 0:
+        return ChanMap(C, rows)
+    return cm
+
+
 def full_taps(H, W, OH, OW, R, S, stride, pad):
     """(row taps, column taps) whose input pixel exists for EVERY output pixel of an H x W input
     (padding (pt, pl, ..)): a clipped-tap conv opens its accumulation group with one of them, a
@@ -331,7 +346,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         kgroups = [list(range(KT))]
         wconsts = [arr.reshape(rows, -1)]
     else:
-        cm = ChanMap(C, P, cyclic=bool(res_in and x.cyclic))  # a resident input's layout
+        cm = resident_map(x, C, P) if res_in else ChanMap(C, P)  # a resident input's layout
         cidx = cm.index()  # [CT, parts]
         CT = cm.T
         # A[jk, m, j, p, tap] = w[kidx[jk, m], cidx[j, p], tap]

@@ -52,6 +52,18 @@ def lower_elementwise(ctx, g):
     elementwise(ctx.em, out, ins, op, post, cdt=ctx.cdt)
 
 
+class _Lazy:
+    """A constant Value made on first use."""
+
+    def __init__(self, make):
+        self._make, self._v = make, None
+
+    def __getattr__(self, k):
+        if self._v is None:
+            self._v = self._make()
+        return getattr(self._v, k)
+
+
 @register_lowering("batch_norm")
 def lower_batch_norm(ctx, g):
     node = ctx.node(g.ops[0])
@@ -62,7 +74,9 @@ def lower_batch_norm(ctx, g):
     scale, shift = bn_scale_shift(ctx, node.inputs[1:], g.param("bn_eps", 1e-5))
     blk = getattr(ctx, "const_block", None)
     if blk is not None and blk.holds(g.name):  # the columns live in the program's constant block
-        sc = sh = None
+        # (made only if the block has no room for the kernel's layout after all)
+        sc = _Lazy(lambda: ctx.const(f"{g.name}/bn_scale", scale, "fp32"))
+        sh = _Lazy(lambda: ctx.const(f"{g.name}/bn_shift", shift, "fp32"))
     else:
         blk = None
         sc = ctx.const(f"{g.name}/bn_scale", scale, "fp32")

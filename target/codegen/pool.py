@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from target import isa
-from .conv import ChanMap, _rel
+from .conv import ChanMap, _rel, resident_map
 from .emitter import AllocationError, CodegenError, Emitter
 from .values import Value
 
@@ -48,7 +48,7 @@ def pool2d(em: Emitter, x: Value, out: Value, mode: str, pool_size, strides, pad
     pt, pl, pb, pr = padding
     P = em.partitions
     it = isa.DTYPES[cdt]
-    cm = ChanMap(C, P)
+    cm = resident_map(x if x.sbuf is not None else out, C, P)  # (input and output share the layout)
     CT, parts = cm.T, cm.parts
     op = "max" if mode == "max" else "add"
     glob = (R, S) == (H, W) and (OH, OW) == (1, 1) and not any(padding)

@@ -186,6 +186,56 @@ def cyclic_chains(groups, tm, root) -> set:
     return out
 
 
+LANE_KINDS = ("pool", "batch_norm", "elementwise")  # one input's channel c -> output channel c, lane to lane
+
+
+def aligned_concat_rows(groups, tm, root, cyclic=frozenset()) -> dict:
+    """Root -> partitions of the row-split layout, where the kernels' default blocked map would
+    cut a concat's inputs at fractional rows: Inception v1's 528 channels are 88 x 6 by default
+    (the fewest planes), which puts its 112-channel input on 18.67 partitions, so the concat's
+    copies are per-row pieces (159 DMAs, 14.5 us of queue time each).  The concat gets the fewest
+    planes T that divide every input's channel count (528 = 66 x 8: inputs on 14, 36, 8 and 8
+    rows: whole rows, cut over the queues), and the lane-to-lane kernels that read it (pools, batch
+    norms, unary elementwise) give their outputs the same layout.  Kept only if every reader of
+    those tensors is a conv (which contracts over any blocked map), one of those lane-to-lane
+    kernels or a concat (which copies)."""
+    from target.codegen.conv import ChanMap
+
+    readers: dict = {}
+    for g in groups:
+        for i in g.inputs:
+            readers.setdefault(root(i), []).append(g)
+    out = {}
+    for g in groups:
+        r = root(g.output)
+        shp = tuple(tm[g.output].shape)
+        if g.kind != "concat" or r in cyclic or len(shp) != 4 or shp[0] != 1 or _axis(g, tm) != 1:
+            continue
+        C = int(shp[1])
+        cm = ChanMap(C, 128)
+        ns = [int(tm[i].shape[1]) for i in g.inputs]
+        if not cm.blocked or all(n % cm.T == 0 for n in ns):
+            continue
+        T = next((t for t in range(cm.T + 1, 65) if C % t == 0 and C // t <= 128 and all(n % t == 0 for n in ns)),
+                 None)
+        if T is None:
+            continue
+        group, todo = {r}, [r]
+        while todo:  # the lane-to-lane readers' outputs take the layout too
+            t = todo.pop()
+            for u in readers.get(t, ()):
+                o = root(u.output)
+                if u.kind in LANE_KINDS and len([i for i in u.inputs if not tm[i].is_constant]) == 1 and \
+                        tuple(tm[u.output].shape[:2]) == tuple(tm[t].shape[:2]) and o not in group and o not in cyclic:
+                    group.add(o)
+                    todo.append(o)
+        ok = all(u.kind in ("conv2d", "concat") or (u.kind in LANE_KINDS and root(u.output) in group)
+                 for t in group for u in readers.get(t, ()))
+        if ok:
+            out.update({t: C // T for t in group})
+    return out
+
+
 def _sbuf_size(config) -> int:
     return int(getattr(config, "sbuf_bytes_per_partition", 196608))
 
@@ -607,9 +657,12 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
 
 
 def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, cyclic_layouts: bool = True,
-              _t0: float = None) -> PolyPlan:
+              aligned_layouts: bool = True, _t0: float = None) -> PolyPlan:
     """``cyclic_layouts``: concat chains may take the cyclic channel layout (``cyclic_chains``);
-    a plan that would read one per row band or sub-batch is made again without."""
+    a plan that would read one per row band or sub-batch is made again without.
+    ``aligned_layouts``: concats whose inputs the default blocked map cuts at fractional rows
+    take a layout on whole rows (``aligned_concat_rows``: cheaper copies, but their readers'
+    contractions run over fewer partitions; the driver lowers both plans and keeps the faster)."""
     t0 = time.perf_counter() if _t0 is None else _t0
     if config is None or not hasattr(config, "sbuf_partitions"):
         from target.config import load_config
@@ -653,6 +706,10 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
     cyclic = cyclic_chains(groups, tm, root) if cyclic_layouts else set()
     if cyclic:
         notes.append(f"cyclic layout (concat chains and their batch norms): {len(cyclic)} tensors")
+    aligned = aligned_concat_rows(groups, tm, root, cyclic) if aligned_layouts else {}
+    if aligned:
+        notes.append("concat layouts on whole rows of every input: " +
+                     ", ".join(f"{t} {aligned[t]} x {int(tm[t].shape[1]) // aligned[t]}" for t in sorted(aligned)))
     # ---- candidates
     buffers, why_not = [], {}
     for r, gi in producer.items():
@@ -665,7 +722,8 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
         if problem:
             why_not[r] = problem
             continue
-        rows = {min(128, int(tm[m].shape[1])) if r in cyclic else resident_rows(tm[m].shape) for m in ms}
+        rows = {min(128, int(tm[m].shape[1])) if r in cyclic else aligned.get(r) or resident_rows(tm[m].shape)
+                for m in ms}
         if len(rows) != 1 or 0 in rows or len({int(tm[m].shape[0]) for m in ms}) != 1:
             why_not[r] = f"layout of shape {tuple(info.shape)} does not match the kernels' channel mapping"
             continue
@@ -946,10 +1004,11 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
             for j in range(lo_, hi_) if f"{groups[j].name}/weights" not in alloc.slots)
     info["row_segments"] = tuple((lo_, hi_, B) for lo_, hi_, B, _ in rsegs)
     info["band_weights_kept"] = tuple(kept_weights)
+    info["aligned_rows"] = tuple(sorted(aligned.items()))
     if cyclic and any((g.param("rows") is not None or g.param("images")) and
                       any(root(t) in cyclic for t in tuple(g.inputs) + (g.output,)) for g in steps):
         # the cyclic layout is not read per row band or sub-batch: plan without it
-        return plan_poly(graph, config, dtype, model, cyclic_layouts=False, _t0=t0)
+        return plan_poly(graph, config, dtype, model, cyclic_layouts=False, aligned_layouts=aligned_layouts, _t0=t0)
     plan = PolyPlan("poly", dtype, tuple(placements), tuple(steps),
                     info=tuple(sorted(info.items())), notes=tuple(notes))
     object.__setattr__(plan, "_allocation", alloc)
