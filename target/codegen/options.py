@@ -25,9 +25,9 @@ candidate, not a guess.
                    (:mod:`target.codegen.weight_pack`; longer rows run at full DMA efficiency,
                    but a pack's SBUF is held from its first kernel to its last)
 ``copy_piece``     the least bytes per DMA piece of a concat's on-chip copies (relayouts,
-                   slices the engines cannot write in place): smaller pieces spread a copy on
-                   its readers' critical path over more queues, each piece costs a trigger
-                   latency of queue time
+                   slices the engines cannot write in place; 32, 8, 16 or 4 KiB): smaller
+                   pieces spread a copy on its readers' critical path over more queues, each
+                   piece costs a trigger latency of queue time
 =================  ==========================================================================
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ class LowerOptions:
 
 STEM_LAYOUTS = ("phase", "rows")
 ALTERNATIVES = {"stem": STEM_LAYOUTS, "prefetch_piece": (256 * 1024, 512 * 1024, 1024 * 1024),
-                "weight_pack": (0, 4096), "copy_piece": (32 * 1024, 8 * 1024)}
+                "weight_pack": (0, 4096), "copy_piece": (32 * 1024, 8 * 1024, 16 * 1024, 4 * 1024)}
 WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer rounds of per-DMA latency
 
 
