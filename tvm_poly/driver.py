@@ -326,7 +326,8 @@ def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options, layouts=Non
             raise CodegenError(f"graph output {o} is not produced by any NeuronCore kernel")
     program = em.finish()
     schedule = tuple((g.tag, tuple(em.notes.get(g.tag, {}).items())) for g in plan.groups)
-    if packs or plan_packs(plan.groups, em.weight_layouts, max(a for a in _pack_alternatives())):
+    from target.codegen.options import ALTERNATIVES
+    if packs or plan_packs(plan.groups, em.weight_layouts, max(ALTERNATIVES["weight_pack"])):
         em.consulted.add("weight_pack")  # some kernels could share a pack
     return _Lowering(options, em.estimated_end_us(), program, ctx, schedule, frozenset(em.consulted),
                      dict(em.weight_layouts))
@@ -338,7 +339,3 @@ def _hbm_bytes(program: isa.Program) -> int:
     return sum((i.src.nbytes if i.src.mem == isa.Mem.HBM else 0) + (i.dst.nbytes if i.dst.mem == isa.Mem.HBM else 0)
                for _, st in program.streams for i in st if isinstance(i, isa.DmaCopy))
 
-
-def _pack_alternatives():
-    from target.codegen.options import ALTERNATIVES
-    return ALTERNATIVES["weight_pack"]

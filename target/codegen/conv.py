@@ -463,12 +463,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         Wu = (OW - 1) * sw + 1
     Wrow = W if rowtap else Wp if stage is not None else Wu  # row pitch of the packed im2col band tiles
 
-    def trows(bo):  # rows per partition of a packed band tile
-        return bo
-
     def band_bytes(bo):
         if packed:
-            return len(chunks) * trows(bo) * Wrow * it + (0 if res_out else KT * bo * OW * it)
+            return len(chunks) * bo * Wrow * it + (0 if res_out else KT * bo * OW * it)
         rows_p = in_rows(bo)
         b = 0 if res_in else CT * rows_p * W * it
         if any(pad) and not clip:
@@ -531,7 +528,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             tap_pack=(None if packed else tpack), k_groups=len(kgroups), band_rows=bo, bands=N * nbands,
             resident_in=res_in, resident_out=res_out)
     if packed:
-        in_pools = [em.pool("sbuf", len(ch), trows(bo) * Wrow * it, cdt, nb, f"conv_in{q}_") for q, ch in enumerate(chunks)]
+        in_pools = [em.pool("sbuf", len(ch), bo * Wrow * it, cdt, nb, f"conv_in{q}_") for q, ch in enumerate(chunks)]
         pad_pool = None
     else:
         in_pool = None if res_in else em.pool("sbuf", cm.parts * tpack, CT * in_rows(bo) * W * it, cdt, nb_in, "conv_in")
@@ -560,7 +557,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             if stage is not None and staged[0] != n:
                 stage_image(n)
             if rowtap:  # per (channel, parity): its partitions (c, r) <- row-shifted runs of the plane
-                nrow = trows(nbo)
+                nrow = nbo  # rows per partition of the band tile
                 npc = max(1, min(nrow, -(-len(em.dma_streams) // (C * sh)))) if oh0 == 0 else 1
                 step = -(-nrow // npc)
                 i = 0

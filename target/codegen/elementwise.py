@@ -357,36 +357,43 @@ def _channel_affine_resident(em, x, out, scale, bias, func, cdt, pinned=None, va
         em.free(cols)
 
 
+def _tile_columns(em, C, scale, bias, pinned, values):
+    """(tile, first column, own) of the per-channel columns over 128-channel tiles: scale of tile
+    ct in column 2 ct, shift in 2 ct + 1 (the HBM path's tiles and a cyclic layout's planes)."""
+    P = em.partitions
+    CT = -(-C // P)
+
+    def arr():
+        a = np.zeros((P, 2 * CT), np.float32)
+        for ct in range(CT):
+            nc = min(P, C - ct * P)
+            a[:nc, 2 * ct] = np.asarray(values[0], np.float32)[ct * P:ct * P + nc]
+            a[:nc, 2 * ct + 1] = np.asarray(values[1], np.float32)[ct * P:ct * P + nc]
+        return a
+
+    def loads(cols):
+        for ct in range(CT):
+            c0, nc = ct * P, min(P, C - ct * P)
+            em.dma(cols.ap((1,), elem_offset=2 * ct, partitions=nc), scale.flat_ap(c0, nc, 1, (1,), (1,)))
+            em.dma(cols.ap((1,), elem_offset=2 * ct + 1, partitions=nc), bias.flat_ap(c0, nc, 1, (1,), (1,)))
+    return _cols(em, P, 2 * CT, pinned if values is not None else None, arr, loads)
+
+
 def _channel_affine_cyclic(em, x, out, scale, bias, func, cdt, pinned=None, values=None):
     """channel_affine where an operand has the cyclic layout (a concat chain's buffer, N = 1):
     plane j holds channels [128 j, 128 j + rows_j) on partitions 0..rows_j; per pixel block, one
     Activation per plane (the conv that reads the output starts on the first block)."""
     N, C, F = x.ncf()
     P = em.partitions
-    planes = -(-C // P)
-
-    def arr():
-        a = np.zeros((P, 2 * planes), np.float32)
-        for j in range(planes):
-            nc = min(P, C - j * P)
-            a[:nc, j] = np.asarray(values[0], np.float32)[j * P:j * P + nc]
-            a[:nc, planes + j] = np.asarray(values[1], np.float32)[j * P:j * P + nc]
-        return a
-
-    def loads(cols):
-        for j in range(planes):
-            nc = min(P, C - j * P)
-            em.dma(cols.ap((1,), elem_offset=j, partitions=nc), scale.flat_ap(j * P, nc, 1, (1,), (1,)))
-            em.dma(cols.ap((1,), elem_offset=planes + j, partitions=nc), bias.flat_ap(j * P, nc, 1, (1,), (1,)))
-    cols, c0, own = _cols(em, P, 2 * planes, pinned if values is not None else None, arr, loads)
+    cols, c0, own = _tile_columns(em, C, scale, bias, pinned, values)
     step = min(F, BLOCK)
     for f0 in range(0, F, step):
         nf = min(step, F - f0)
-        for j in range(planes):
+        for j in range(-(-C // P)):
             nc = min(P, C - j * P)
             em.act(out.chan_ap(0, j * P, nc, f0, (nf,), (1,)), x.chan_ap(0, j * P, nc, f0, (nf,), (1,)), func=func,
-                   scale=cols.ap((1,), elem_offset=c0 + j, partitions=nc),
-                   bias=cols.ap((1,), elem_offset=c0 + planes + j, partitions=nc))
+                   scale=cols.ap((1,), elem_offset=c0 + 2 * j, partitions=nc),
+                   bias=cols.ap((1,), elem_offset=c0 + 2 * j + 1, partitions=nc))
     if own:
         em.free(cols)
 
@@ -416,21 +423,7 @@ def channel_affine(em: Emitter, x: Value, out: Value, scale: Value, bias: Value,
     it = isa.DTYPES[cdt]
     chunk = max(1, min(F, CHUNK_BYTES // it))
     CT = -(-C // P)
-
-    def arr():
-        a = np.zeros((P, 2 * CT), np.float32)
-        for ct in range(CT):
-            nc = min(P, C - ct * P)
-            a[:nc, 2 * ct] = np.asarray(values[0], np.float32)[ct * P:ct * P + nc]
-            a[:nc, 2 * ct + 1] = np.asarray(values[1], np.float32)[ct * P:ct * P + nc]
-        return a
-
-    def loads(cols):
-        for ct in range(CT):
-            c0, nc = ct * P, min(P, C - ct * P)
-            em.dma(cols.ap((1,), elem_offset=2 * ct, partitions=nc), scale.flat_ap(c0, nc, 1, (1,), (1,)))
-            em.dma(cols.ap((1,), elem_offset=2 * ct + 1, partitions=nc), bias.flat_ap(c0, nc, 1, (1,), (1,)))
-    cols, k0, own = _cols(em, P, 2 * CT, pinned if values is not None else None, arr, loads)
+    cols, k0, own = _tile_columns(em, C, scale, bias, pinned, values)
     pool = em.pool("sbuf", P, chunk * it, cdt, BUFS, "bn_x")
     for ct in range(CT):
         c0, nc = ct * P, min(P, C - ct * P)

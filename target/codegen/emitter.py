@@ -212,8 +212,7 @@ class _RangeAllocator:
             cands = []
             for i, (a, b) in enumerate(self.free_list):
                 if b - a >= n:
-                    offs = {a, b - n} | ({self.cursor} if a < self.cursor <= b - n else set())
-                    for off in offs:
+                    for off in {a, b - n} | ({self.cursor} if a < self.cursor <= b - n else set()):
                         cands.append((ready(off, n), (off - self.cursor) % self.size, i, off))
             if cands:
                 _, _, i, a = min(cands)

@@ -136,7 +136,7 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
     opool = em.pool("sbuf", min(P, M), NC * it, cdt, 2, "mm_out")
     ppool = em.pool("psum", min(P, M), None, "fp32", min(4, em.psum_banks), "mm_ps")
     tbanks = min(2, em.psum.largest_free() // em.psum_bank_bytes)  # out^T accumulators
-    bstat = tbanks > 0 and _b_stationary(em, M, KT, NC, len(ppool.tiles), cdt)
+    bstat = tbanks > 0 and _b_stationary(em, M, KT, NC, len(ppool.tiles))
     em.note(stationary="B" if bstat else "A")
     tpool = tstage = None
     if bstat:  # out^T accumulators (one PSUM bank per group of 128-column blocks) and their SBUF copy
@@ -194,7 +194,7 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
         em.free(brep)
 
 
-def _b_stationary(em: Emitter, M: int, KT: int, NC: int, banks: int, cdt: str) -> bool:
+def _b_stationary(em: Emitter, M: int, KT: int, NC: int, banks: int) -> bool:
     """Whether B is the stationary operand (see :func:`_b_stationary_blocks`): one M tile of at most
     64 rows, the chunk's PSUM blocks all held at once, and fewer estimated Tensor-engine cycles.
 

@@ -149,7 +149,7 @@ def _plane_cuts(v: Value, base: int, lo: int, hi: int) -> set:
     if v.sbuf is None or not v.cyclic:
         return set()
     step = v.ncf()[2] * v.sbuf.partitions
-    return set(range(base + step, hi, step)) & set(range(lo, hi))
+    return {k for k in range(base + step, hi, step) if k >= lo}
 
 
 def concat_flat(em: Emitter, out: Value, inputs: list, images: int = 1):

@@ -140,6 +140,15 @@ def resident_rows(shape) -> int:
     return cm.parts if cm.blocked or cm.T == 1 else 0
 
 
+def _readers(groups, root) -> dict:
+    """Root tensor -> the groups that read it."""
+    readers: dict = {}
+    for g in groups:
+        for i in g.inputs:
+            readers.setdefault(root(i), []).append(g)
+    return readers
+
+
 def cyclic_chains(groups, tm, root) -> set:
     """Tensors that take the cyclic channel layout (target/codegen/values.py): the concat chains
     -- a concat whose first input is the previous concat's output, DenseNet's dense blocks -- and
@@ -151,10 +160,7 @@ def cyclic_chains(groups, tm, root) -> set:
     input is copied in.  The chain runs from its head to its last concat whose other readers are
     all batch norms read only by convs (the kernels that read the layout); a concat after that
     copies the chain's buffer into its own row-split layout."""
-    readers: dict = {}
-    for g in groups:
-        for i in g.inputs:
-            readers.setdefault(root(i), []).append(g)
+    readers = _readers(groups, root)
     concats = {root(g.output): g for g in groups if g.kind == "concat" and len(tm[g.output].shape) == 4
                and _axis(g, tm) == 1 and int(tm[g.output].shape[0]) == 1}
 
@@ -201,10 +207,7 @@ def aligned_concat_rows(groups, tm, root, cyclic=frozenset()) -> dict:
     kernels or a concat (which copies)."""
     from target.codegen.conv import ChanMap
 
-    readers: dict = {}
-    for g in groups:
-        for i in g.inputs:
-            readers.setdefault(root(i), []).append(g)
+    readers = _readers(groups, root)
     out = {}
     for g in groups:
         r = root(g.output)
