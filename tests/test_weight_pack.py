@@ -110,3 +110,10 @@ def test_the_lowering_search_tries_packs_only_where_kernels_could_share_one():
                      dilation=(1, 1)))
     cp = compile_graph(g, "inf2", planner="poly", dtype="bfloat16")
     assert not any(o.weight_pack for o, _ in cp.search)
+
+
+def test_lowering_options_refuse_bad_values():
+    with pytest.raises(ValueError, match="weight_pack -1"):
+        LowerOptions(weight_pack=-1)
+    with pytest.raises(ValueError, match="copy_piece 100: at least 512 bytes"):
+        LowerOptions(copy_piece=100)
