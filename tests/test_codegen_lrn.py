@@ -128,3 +128,24 @@ def test_lrn_reads_and_writes_resident_tensors_in_place(C, N, dtype):
     assert dmas and all(i.src.mem == isa.Mem.HBM and i.dst.mem == isa.Mem.SBUF for i in dmas)  # the band matrix only
     band = sum(i.src.nbytes for i in dmas)
     assert band <= C * C * (4 if dtype == "float32" else 2)
+
+
+def test_batch_tiling_runs_through_an_lrn():
+    """An LRN normalises across channels of one image, so it is batch-separable: batch 8 on inf1,
+    where the whole batch's activations do not fit, runs relu -> LRN -> sigmoid per sub-batch
+    (the LRN once ended the batch-tiled prefix: Inception v1 b8 inf1 spilled 63 MB there)."""
+    from target.config import load_config
+
+    rng = np.random.default_rng(2)
+    shape = (8, 96, 28, 28)  # 8 x 96 x 784 x 2 B = 1.2 MB per tensor: 4 live ones > inf1's SBUF
+    b = GraphBuilder()
+    x = b.input("x", shape)
+    r = b.op("relu", [x], shape)
+    y = lrn_chain(b, r, shape, 5, 1e-3, 0.75, 1.0)
+    z = b.op("sigmoid", [y], shape)
+    cp = compile_graph(b.build(z), load_config("inf1"), planner="poly", dtype="bfloat16")
+    lrns = [g for g in cp.plan.groups if g.kind == "lrn"]
+    assert len(lrns) > 1 and all(g.param("images") for g in lrns)
+    xv = (rng.standard_normal(shape) * 3).astype(np.float32)
+    outs, _ = cp.run({"x": xv})
+    assert rel_err(outs[z], 1 / (1 + np.exp(-lrn_ref(np.maximum(xv, 0), 5, 1e-3, 0.75, 1.0)))) <= TOL["bfloat16"]

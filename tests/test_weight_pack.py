@@ -117,3 +117,5 @@ def test_lowering_options_refuse_bad_values():
         LowerOptions(weight_pack=-1)
     with pytest.raises(ValueError, match="copy_piece 100: at least 512 bytes"):
         LowerOptions(copy_piece=100)
+    with pytest.raises(ValueError, match="depthwise 'sparse'"):
+        LowerOptions(depthwise="sparse")

@@ -24,6 +24,11 @@ candidate, not a guess.
                    short weight rows are loaded together as one transfer
                    (:mod:`target.codegen.weight_pack`; longer rows run at full DMA efficiency,
                    but a pack's SBUF is held from its first kernel to its last)
+``depthwise``      depthwise convs (groups = channels): ``"diag"`` -- HBM holds the weights'
+                   diagonals only and the stationary blocks are built on chip (Vector / GpSimd,
+                   one op per channel plane: ~Mk-fold fewer weight bytes, engine time in program
+                   order); ``"dense"`` -- the block-diagonal blocks are loaded whole (DMA time,
+                   issued ahead of the kernel)
 ``copy_piece``     the least bytes per DMA piece of a concat's on-chip copies (relayouts,
                    slices the engines cannot write in place; 32, 8, 16 or 4 KiB): smaller
                    pieces spread a copy on its readers' critical path over more queues, each
@@ -41,6 +46,7 @@ class LowerOptions:
     prefetch_piece: int = 256 * 1024
     weight_pack: int = 0
     copy_piece: int = 32 * 1024
+    depthwise: str = "diag"
 
     def __post_init__(self):
         if self.stem not in STEM_LAYOUTS:
@@ -49,6 +55,8 @@ class LowerOptions:
             raise ValueError(f"LowerOptions.prefetch_piece {self.prefetch_piece}: at least 4096 bytes")
         if self.copy_piece < 512:
             raise ValueError(f"LowerOptions.copy_piece {self.copy_piece}: at least 512 bytes")
+        if self.depthwise not in DEPTHWISE:
+            raise ValueError(f"LowerOptions.depthwise {self.depthwise!r}: expected one of {DEPTHWISE}")
         if self.weight_pack < 0:
             raise ValueError(f"LowerOptions.weight_pack {self.weight_pack}: 0 (off) or a row length in bytes")
 
@@ -69,8 +77,9 @@ class LowerOptions:
 
 
 STEM_LAYOUTS = ("phase", "rows")
+DEPTHWISE = ("diag", "dense")
 ALTERNATIVES = {"stem": STEM_LAYOUTS, "prefetch_piece": (256 * 1024, 512 * 1024, 1024 * 1024),
-                "weight_pack": (0, 4096), "copy_piece": (32 * 1024, 8 * 1024, 16 * 1024, 4 * 1024)}
+                "weight_pack": (0, 4096), "copy_piece": (32 * 1024, 8 * 1024, 16 * 1024, 4 * 1024), "depthwise": DEPTHWISE}
 WEIGHT_PIECE_BYTES = 384 * 1024  # weight loads: bandwidth-bound, fewer rounds of per-DMA latency
 
 

@@ -313,7 +313,7 @@ def _capacity(graph, kernels, it, size, in_rows=None, pinned=None, memo=None) ->
     return out
 
 
-BATCH_KINDS = {"conv2d", "elementwise", "batch_norm", "pool", "concat"}
+BATCH_KINDS = {"conv2d", "elementwise", "batch_norm", "pool", "concat", "lrn"}
 
 
 def _weight_bytes(graph, g, it) -> int:
