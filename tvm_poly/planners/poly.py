@@ -260,7 +260,8 @@ def _scratch_need(graph, g, it, size, in_rows=None) -> int:
         pad = tuple(node.attr("padding", (0, 0, 0, 0)))
         p2 = 2 * max(pad or (0,))  # both borders, at the widest padding
         packed = groups == 1 and C < 16 and R * S > 1
-        padb = CT * (H + p2) * (W + p2) * it if any(pad) and not packed else 0
+        # (a resident input is read in place with clipped taps: no padded copy)
+        padb = CT * (H + p2) * (W + p2) * it if any(pad) and not packed and node.inputs[0] in graph.inputs else 0
         # the conv keeps its weights once when they take <= 1/3 of the free range, or when they
         # and two one-row bands fit in 80% of it (target/codegen/conv.py): the smaller need
         OW = (W + p2 - S) // int(tuple(node.attr("strides", (1, 1)))[1]) + 1
@@ -365,7 +366,7 @@ def group_statements(pm, g, node_ops: dict) -> list:
     return [s for s in pm.statements if s.op in names]
 
 
-ROW_BANDS = (2, 4, 8, 16)  # band counts tried per segment
+ROW_BANDS = (2, 4, 8, 16, 32, 64)  # band counts tried per segment
 ROW_REACH = 8  # kernels a segment may extend past a spilled tensor's producer / last reader
 
 
@@ -903,6 +904,23 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
                               root, outputs, notes)
         if alt[0] < best[0]:
             best = alt
+    if N > 1 and not best[3] and sep and best[1].spilled and pm is not None:
+        # batch tiling that pays only with spatial tiling inside it (a sub-batch's activations
+        # still spill, e.g. VGG's 224 x 224 layers): a prefix per sub-batch, then row bands; the
+        # prefix ends where a kernel shrinks the rows (later layers: small activations, large
+        # weights, better over the whole batch) or at the end of the batch-separable kernels
+        def shrinks(j):
+            sh_in = [tm[i].shape for i in groups[j].inputs if not tm[i].is_constant and len(tm[i].shape) == 4]
+            so = tm[groups[j].output].shape
+            return len(so) == 4 and any(int(s[2]) > int(so[2]) for s in sh_in)
+        cuts = sorted({sep} | {j + 1 for j in range(sep) if shrinks(j)})
+        for k in divisors:
+            for hi in cuts:
+                c, al, bs = variant([(0, hi, k)])
+                alt = _spatial_tiling((c, al, bs, [(0, hi, k)], []), variant, graph, groups, buffers, pm, arrays,
+                                      node_ops, members, readers, root, outputs, notes)
+                if alt[0] < best[0]:
+                    best = alt
     cut = best[3][-1][1] if best[3] else 0
     _, alloc, buffers, segs, rsegs = best
     alloc.check()
