@@ -258,3 +258,76 @@ def test_lrn_runs_in_row_bands_in_place(C):
                 i.tag in {gp.tag for gp in lrns}]
     assert all(i.src.mem == isa.Mem.HBM for i in lrn_dmas)  # the band matrix only: no copies
     assert sum(i.src.nbytes for i in lrn_dmas) == C * C * 4  # once: it stays in its slot across bands
+
+
+def _two_readers(H=24, C=32, seed=0):
+    """x -> conv3x3 (t); conv3x3(t) (u); conv1x1(t) + u: t has two readers (the ResNet block's
+    input: its first conv and the shortcut)."""
+    from tests.codegen_util import GraphBuilder
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder()
+    x = b.input("x", (1, 16, H, H))
+    w1 = b.const("w1", rng.standard_normal((C, 16, 3, 3)).astype(np.float32) * 0.2)
+    w2 = b.const("w2", rng.standard_normal((C, C, 3, 3)).astype(np.float32) * 0.05)
+    w3 = b.const("w3", rng.standard_normal((C, C, 1, 1)).astype(np.float32) * 0.1)
+    s = (1, C, H, H)
+    t = b.op("conv2d", [x, w1], s, padding=(1, 1, 1, 1), strides=(1, 1))
+    u = b.op("conv2d", [t, w2], s, padding=(1, 1, 1, 1), strides=(1, 1))
+    return b.build([b.op("add", [b.op("conv2d", [t, w3], s, padding=(0, 0, 0, 0), strides=(1, 1)), u], s)])
+
+
+def test_staged_input_rows_load_once_for_all_readers():
+    """An input from outside a row segment that two of its kernels read (``staged``): each band
+    loads only rows not loaded before, into a stage buffer smaller than the tensor, and every
+    reader's window lies inside the buffer's rows when it runs (halo rows stay)."""
+    from tvm_poly.planners.per_op import plan_per_op
+    from tvm_poly.planners.poly import _model_of, model_names
+    from tvm_poly.row_bands import band_schedule, row_maps
+
+    g = _two_readers()
+    tm = g.tensor_map
+    groups = plan_per_op(g, load_config("inf1"), "float32").groups
+    t = groups[0].output
+    assert [sum(t in gp.inputs for gp in groups[1:])] == [2]
+    pm = _model_of(g, [])
+    maps = row_maps(pm, g, groups, *model_names(g, pm))
+    heights = {gp.output: tm[gp.output].shape[2] for gp in groups}
+    H = heights[t]
+    sch = band_schedule(1, 3, [(0, 5), (5, 11), (11, 18), (18, H)], groups, maps, heights, {groups[1].output},
+                        staged=frozenset({t}))
+    loaded, org, top = [], 0, 0
+    for st in sch.steps:
+        for nm, r0, r1, o in st.loads:
+            assert nm == t and r0 == max(top, o) and o >= org
+            loaded += list(range(r0, r1))
+            org, top = o, r1
+        for nm, a, b in st.inputs:
+            if nm == t:
+                assert org <= a and b <= top, (st, org, top)
+    assert loaded == list(range(H))  # every row once
+    assert dict(sch.reads) == {(t, 1): H}
+    assert 0 < dict(sch.stage_rows)[t] < H
+
+
+@pytest.mark.slow
+def test_resnet50_inf1_stages_the_block_input_its_two_convs_share():
+    """ResNet-50 b1 fp32 on inf1: the max pool's output spills and layer 1's first block reads it
+    twice (conv1 and the shortcut conv); the band segment loads it once into a stage buffer.
+    The numbers still match onnxruntime."""
+    pytest.importorskip("onnxruntime")
+    from tests.codegen_util import resnet50_logits_case
+    from tvm_poly.models import rel_err
+
+    g, inputs, ref = resnet50_logits_case()
+    cp = compile_graph(g, "inf1", planner="poly", dtype="float32")
+    staged = {s[0] for gp in cp.plan.groups for s in gp.param("stage", ())}
+    assert staged
+    (nm,) = staged
+    assert cp.plan.placement(nm).placement == "hbm"
+    outs, rep = cp.run(inputs, check=True)
+    assert rel_err(outs[g.outputs[0]], ref) <= 1e-5
+    from target import isa
+    (h,) = [h for h in cp.program.hbm if h.name == nm]
+    read = sum(i.src.nbytes for _, st in cp.program.streams for i in st if isinstance(i, isa.DmaCopy)
+               and i.src.mem == isa.Mem.HBM and h.offset <= i.src.offset < h.offset + h.nbytes)
+    assert read == h.nbytes  # every byte once, though two kernels read it

@@ -323,6 +323,47 @@ def band_views(ctx, g) -> dict:
     return saved
 
 
+def stage_rows(ctx, g):
+    """Before a band step that loads rows of staged inputs (``stage`` param of a poly plan): the
+    input is in HBM and several kernels of the row segment read it, so its rows come into a stage
+    buffer once (kept halo rows moved to the front, as a band buffer's) and the readers read the
+    buffer (``band_views`` finds it in ``ctx.bands``).  One DMA per image, every channel plane."""
+    from target.codegen.emitter import CodegenError
+    from target.codegen.values import Value
+
+    bands = ctx.bands
+    for nm, r0, r1, org, off, nbytes, parts, cap in g.param("stage"):
+        src = ctx.value(nm)
+        if src.sbuf is not None or len(src.shape) != 4:
+            raise CodegenError(f"{g.tag}: staged input {nm} is not a 4-D tensor in HBM")
+        N, C, H, W = src.shape
+        if C % parts:
+            raise CodegenError(f"{g.tag}: staged input {nm}: {C} channels do not split over {parts} partitions")
+        if nm not in bands:
+            tile = ctx.em.sbuf_resident(0, parts, off, nbytes, ctx.cdt, f"{nm}@stage")
+            bands[nm] = (Value(nm, (N, C, cap, W), ctx.cdt, sbuf=tile, images=N), org, org)
+        base, old, done = bands[nm]
+        if org < old or r0 != max(done, org) or r1 - org > cap:
+            raise CodegenError(f"{g.tag}: stage rows [{r0}, {r1}) origin {org} do not follow the stage buffer "
+                               f"of {nm} (rows [{old}, {done}), {cap} rows)")
+        if org > old and done > org:
+            _shift_rows(ctx.em, base, org - old, done - org)
+        n, CT = r1 - r0, C // parts
+        dst, srcw = base.window(r0 - org, n), src.window(r0, n)
+        for i in range(N):
+            e0 = i * C * n * W
+            ctx.em.dma_split(dst.flat_ap(e0, parts, CT * n * W, (CT, n * W), (n * W, 1)),
+                             srcw.flat_ap(e0, parts, CT * n * W, (CT, n * W), (n * W, 1)))
+        bands[nm] = (base, org, r1)
+
+
+def unstage(ctx, g):
+    """After the segment's last step reading a staged input: free its stage buffer."""
+    for nm in g.param("unstage", ()):
+        if nm in ctx.bands:
+            ctx.em.free(ctx.bands.pop(nm)[0].sbuf)
+
+
 def _shift_rows(em, base, d: int, n: int):
     """Move rows [d, d + n) of every channel plane of band buffer ``base`` to rows [0, n) (in
     chunks of at most d rows, front to back, so no copy reads what it overwrites)."""

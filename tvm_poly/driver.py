@@ -291,7 +291,7 @@ def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options, layouts=Non
     from target.codegen.const_block import ConstBlock, columns
     ctx.const_block = ConstBlock(em, ctx.const, ctx.constants, columns(plan.groups, graph.tensor_map, em.partitions),
                                  em.partitions)
-    from .allocation import band_views, batch_views, release_dead, resident_deaths, restore_views
+    from .allocation import band_views, batch_views, release_dead, resident_deaths, restore_views, stage_rows, unstage
     deaths = resident_deaths(plan, ctx.root)  # group index -> resident tensors read last there
     last_weighted = max((gi for gi, g in enumerate(plan.groups) if g.kind in ("conv2d", "matmul")), default=-1)
     packs = {p[0]: p for p in plan_packs(plan.groups, layouts or {}, options.weight_pack)}
@@ -305,6 +305,8 @@ def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options, layouts=Non
         sub = g.param("images")  # poly batch tiling: this kernel runs on images [n0, n0 + k)
         saved = batch_views(ctx, g, *sub) if sub else None
         # poly spatial tiling: this kernel computes a band of rows (of the sub-batch's views)
+        if g.param("stage"):  # rows of inputs several banded kernels share, loaded once
+            stage_rows(ctx, g)
         banded = band_views(ctx, g) if g.param("rows") is not None else None
         if g.name in packs:  # load the pack where its first member's own load would be
             pk = Pack(em, ctx.const, ctx.constants, packs[g.name], layouts, npacks)
@@ -316,6 +318,7 @@ def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options, layouts=Non
             em.free(open_packs.pop(g.name).tile)
         if banded is not None:
             restore_views(ctx, banded)
+        unstage(ctx, g)
         if saved is not None:
             restore_views(ctx, saved)
         release_dead(ctx, deaths.get(gi, ()))  # free resident buffers after their last reader

@@ -138,6 +138,9 @@ class BandStep:
     rows: tuple  # (r0, r1): output rows this step computes
     origin: int  # band buffer output: global row at buffer row 0 after the shift; -1 = whole tensor
     inputs: tuple  # ((tensor, i0, i1), ...): input rows the step reads
+    # ((tensor, r0, r1, origin), ...): rows of staged inputs to load (from HBM) into their stage
+    # buffer before this step, the buffer's row 0 being global row ``origin`` after the load
+    loads: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -145,13 +148,18 @@ class BandSchedule:
     steps: tuple  # BandStep, in execution order
     cap_rows: tuple  # ((tensor, rows), ...): band buffer capacities (rows)
     reads: tuple  # (((tensor, kernel), rows read in all), ...): the segment's inputs from outside
+    stage_rows: tuple = ()  # ((tensor, rows), ...): stage buffer capacities of the staged inputs
 
 
-def band_schedule(lo: int, hi: int, bands, groups, maps: dict, heights: dict, internal: set):
+def band_schedule(lo: int, hi: int, bands, groups, maps: dict, heights: dict, internal: set,
+                  staged=frozenset()):
     """Steps of kernels [lo, hi) run band by band.  ``bands``: [(0, e0), (e0, e1), ...] rows of the
     output of kernel hi-1; ``maps``: :func:`row_maps`; ``heights``: tensor -> rows; ``internal``:
     tensors produced in the segment and read only inside it (band buffers).  Every other output of
-    the segment is complete after the last band.  Returns None when a kernel cannot be banded."""
+    the segment is complete after the last band.  ``staged``: inputs from outside the segment (in
+    HBM) that several of its kernels read: each band loads the rows its readers need and have not
+    been loaded yet into a *stage buffer* (halo rows stay, like a band buffer's), so the readers
+    share one load of every row.  Returns None when a kernel cannot be banded."""
     idx = range(lo, hi)
     out_of = {groups[j].output: j for j in idx}
     if any((c, t) not in maps for c in idx for t in groups[c].inputs if t in out_of):
@@ -161,6 +169,9 @@ def band_schedule(lo: int, hi: int, bands, groups, maps: dict, heights: dict, in
     cap = {groups[j].output: 0 for j in idx if groups[j].output in internal}
     reads = {}
     steps = []
+    s_done = {t: 0 for t in staged}  # rows of each staged input loaded so far
+    s_org = {t: 0 for t in staged}
+    s_cap = {t: 0 for t in staged}
     for bi, (_, e) in enumerate(bands):
         last = bi == len(bands) - 1
         want = {hi - 1: e}
@@ -184,11 +195,32 @@ def band_schedule(lo: int, hi: int, bands, groups, maps: dict, heights: dict, in
                         p = out_of[i]
                         want[p] = max(want.get(p, done[p]), b)
                         lo_need[p] = min(lo_need.get(p, a), a)
+        s_need = {}  # staged input -> rows [a, b) this band's steps read
+        for j in idx:
+            if want[j] > done[j]:
+                for i in dict.fromkeys(groups[j].inputs):
+                    if i in staged and (j, i) in maps:
+                        a, b = maps[(j, i)].window(done[j], want[j])
+                        pa, pb = s_need.get(i, (a, b))
+                        s_need[i] = (min(a, pa), max(b, pb))
         for j in idx:
             t = groups[j].output
             r0, r1 = done[j], want[j]
             if r1 <= r0:
                 continue
+            loads = []
+            for i in dict.fromkeys(groups[j].inputs):
+                if i in s_need:  # the band's first reader loads what the band needs
+                    a, b = s_need.pop(i)
+                    if a < s_org[i]:
+                        return None  # a reader needs rows already dropped
+                    r_from = max(s_done[i], a)
+                    if b > r_from:
+                        loads.append((i, r_from, b, a))
+                        reads[(i, lo)] = reads.get((i, lo), 0) + (b - r_from)
+                        s_done[i] = b
+                    s_org[i] = a
+                    s_cap[i] = max(s_cap[i], s_done[i] - a)
             org = -1
             if t in internal:
                 org = min(lo_need.get(j, r0), r0)
@@ -203,12 +235,13 @@ def band_schedule(lo: int, hi: int, bands, groups, maps: dict, heights: dict, in
                     continue
                 a, b = rm.window(r0, r1)
                 ins.append((i, a, b))
-                if i not in out_of:
+                if i not in out_of and i not in staged:
                     reads[(i, j)] = reads.get((i, j), 0) + (b - a)
-            steps.append(BandStep(j, (r0, r1), org, tuple(ins)))
+            steps.append(BandStep(j, (r0, r1), org, tuple(ins), tuple(loads)))
             done[j] = r1
     for j in idx:
         t = groups[j].output
         if t not in internal and done[j] != heights[t]:
             return None
-    return BandSchedule(tuple(steps), tuple(sorted(cap.items())), tuple(sorted(reads.items())))
+    return BandSchedule(tuple(steps), tuple(sorted(cap.items())), tuple(sorted(reads.items())),
+                        tuple(sorted((t, r) for t, r in s_cap.items() if r)))

@@ -416,12 +416,21 @@ def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops,
             if t in cands and t not in outputs and members.get(t, [t]) == [t] and \
                     all(lo <= u < hi for u in readers.get(t, [])):
                 internal.add(t)
+        # spilled inputs that several kernels of the segment read: loaded once per row into a
+        # stage buffer the readers share (else every reader loads them)
+        staged = set()
+        for t in {i for j in inside for i in groups[j].inputs} - {groups[j].output for j in inside}:
+            if t in cands and t in best[1].spilled and members.get(t, [t]) == [t] and root(t) == t and \
+                    sum(1 for j in inside if t in groups[j].inputs and (j, t) in maps) >= 2:
+                staged.add(t)
         H = int(tm[groups[hi - 1].output].shape[2])
         if B > H:
             return None
         edges = [round(k * H / B) for k in range(B + 1)]
         heights = {groups[j].output: int(tm[groups[j].output].shape[2]) for j in inside}
-        return band_schedule(lo, hi, list(zip(edges[:-1], edges[1:])), groups, maps, heights, internal)
+        heights.update({t: int(tm[t].shape[2]) for t in staged})
+        return band_schedule(lo, hi, list(zip(edges[:-1], edges[1:])), groups, maps, heights, internal,
+                             frozenset(staged))
 
     rsegs, tried = [], set()
     for _ in range(16):
@@ -773,8 +782,12 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
                         fp = footprint(pm, doms, arrays[b.name], "read", elem_bytes=it).bytes
                 except Exception:  # noqa: BLE001
                     fp = None
-            reload += fp if fp is not None else b.save_bytes
+            use_fp[(b.name, u)] = fp if fp is not None else b.save_bytes
+            reload += use_fp[(b.name, u)]
         return Buffer(b.name, b.start, b.end, b.partitions, b.nbytes, b.uses, b.save_bytes, reload)
+
+    use_fp: dict = {}  # (tensor, reader) -> bytes the reader loads when the tensor is in HBM
+    by_name: dict = {}  # candidate buffers by name (the exact-reload ones once computed)
 
     from target.codegen.const_block import block_bytes
     pinned = block_bytes(groups, tm)  # the program's constant block sits at the bottom of SBUF
@@ -832,6 +845,15 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
                     else:
                         extra += passes * (B - 1) * wbytes[j]
             cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo)
+        stage_of = {}  # staged input -> its row segment (saves every reader but one its load)
+        for lo_, hi_, B, sch in rsegs:
+            sg = seg_of(lo_, segs)
+            for t, r in sch.stage_rows:
+                b = by_name[t]
+                nb = b.nbytes * sg[2] // N if sg is not None else b.nbytes
+                bs.append(Buffer(f"{t}@stage", lo_, hi_ - 1, b.partitions, -(-nb * r // int(tm[t].shape[2])),
+                                 (lo_,), 0, 1 << 50))
+                stage_of[t] = (lo_, hi_)
         for b in buffers:
             if b.name in band_of:  # band buffer: its rows of the current band, live through the segment
                 lo_, hi_, r, sg = band_of[b.name]
@@ -866,6 +888,12 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
                     sh = tm[t].shape  # (per sub-batch x sub-batches = the whole batch)
                     extra += max(0, nrows - int(sh[2])) * int(sh[0]) * int(sh[1]) * int(sh[3]) * \
                         (4 if t in graph.inputs else it)
+        for t, (lo_, hi_) in stage_of.items():
+            if f"{t}@stage" in al.spilled:
+                return float("inf"), al, bs
+            if t not in al.slots:  # one load of every row instead of one per reader
+                u_in = [u for u in by_name[t].uses if lo_ <= u < hi_]
+                extra -= sum(use_fp.get((t, u), by_name[t].save_bytes) for u in u_in) - by_name[t].save_bytes
         cost = al.spill_save_bytes + al.spill_reload_bytes + extra + \
             sum((N // k - 1) * sum(wbytes[lo:hi]) for lo, hi, k in segs)
         return cost, al, bs
@@ -879,6 +907,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
         buffers = [exact_reload(b) for b in buffers]
         best = (*variant([]), [], [])
     untiled = best  # no batch and no spatial tiling
+    by_name.update({b.name: b for b in buffers})
     # greedy: add segments left to right while the total (spill + extra weight bytes) drops
     lo = 0
     divisors = [d for d in range(1, N) if N % d == 0]
@@ -946,9 +975,18 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
                 continue
             _, rhi, B, sch = rs_at[gi]
             last = {st.group: k for k, st in enumerate(sch.steps)}
+            srows = dict(sch.stage_rows)
+            last_read = {t: k for k, st in enumerate(sch.steps) for t, *_ in st.inputs if t in srows}
             for k, st in enumerate(sch.steps):
                 g = groups[st.group]
                 extra_p = (("rows", st.rows), ("origin", st.origin), ("in_rows", st.inputs)) + sub
+                if st.loads:  # (tensor, rows r0..r1, origin, stage offset, bytes, partitions, rows)
+                    extra_p += (("stage", tuple((t, r0, r1, org, alloc.offset(f"{t}@stage"),
+                                                 alloc.slots[f"{t}@stage"][1], by_name[t].partitions, srows[t])
+                                                for t, r0, r1, org in st.loads)),)
+                done_t = tuple(t for t, kk in last_read.items() if kk == k)
+                if done_t:
+                    extra_p += (("unstage", done_t),)
                 wn = f"{g.name}/weights"
                 if wn in alloc.slots:  # (freed after the segment's last band of each sub-batch)
                     extra_p += (("weight_slot", (alloc.offset(wn), alloc.slots[wn][1], 128, last[st.group] == k)),)
