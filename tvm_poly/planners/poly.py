@@ -267,8 +267,11 @@ def _scratch_need(graph, g, it, size, in_rows=None) -> int:
         OW = (W + p2 - S) // int(tuple(node.attr("strides", (1, 1)))[1]) + 1
         row_band = CT * R * W * it + (CT * R * (W + p2) * it if any(pad) else 0) + KT * OW * it
         need = min(3 * w, int(1.25 * (w + 2 * row_band)) + 4096) + padb + (32768 if packed else 16384)
-        if groups == 1 and C < 16 and R * S > 1 and N == 1 and H * W * it <= 0.6 * size:
-            need += H * W * it  # the packed stem stages its input once (conv2d "load once")
+        stage = (H + p2 + 2 * int(tuple(node.attr("strides", (1, 1)))[0])) * (W + p2) * it
+        if packed and stage <= 0.6 * size:
+            # the packed stem stages its input, one image at a time (conv2d "load once"): without
+            # the room it im2cols straight from HBM, every input element read ~R*S/4 times
+            need += stage
     elif g.kind == "elementwise":
         need = 3 * 16384 * 2  # one streamed operand + output tiles (resident operands need none)
     else:
