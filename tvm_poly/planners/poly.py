@@ -29,7 +29,8 @@ differ only in where tensors live: codegen and simulator are shared and the comp
    buffers reused by every sub-batch, their weights load N/k times; tensors crossing into the
    whole-batch part are live through all sub-batches.  (k, s) minimises spill bytes + extra
    weight bytes.  Plan groups of a sub-batch carry ``images=(n0, k)``; the driver hands the
-   lowering sub-batch views (``tvm_poly.allocation.batch_views``).
+   lowering sub-batch views (``tvm_poly.allocation.batch_views``).  When no segment pays by itself
+   (a single image still spills), prefixes per sub-batch are tried with spatial tiling inside.
 6. **Spatial tiling.**  While tensors still spill, a segment of consecutive spatial kernels
    around the costliest spilled one runs in B row bands (:mod:`tvm_poly.row_bands`): isl gives
    every kernel's {output row -> input rows} map, the band schedule computes each row once and
@@ -37,7 +38,9 @@ differ only in where tensors live: codegen and simulator are shared and the comp
    few rows.  (segment, B) minimises spill + weights reloaded per band + halo rows re-read from
    HBM + a DMA latency's worth of bytes per extra kernel call; a wider segment may absorb one
    chosen before.  Plan groups of a band carry ``rows``, ``origin`` and ``in_rows``; the driver
-   hands the lowering row-window views (``tvm_poly.allocation.band_views``).
+   hands the lowering row-window views (``tvm_poly.allocation.band_views``).  A spilled input that
+   several kernels of a segment read is *staged*: its rows load once into a stage buffer they
+   share (``stage`` / ``unstage`` params, ``tvm_poly.allocation.stage_rows``).
 """
 from __future__ import annotations
 
