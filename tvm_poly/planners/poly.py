@@ -282,6 +282,36 @@ def _scratch_need(graph, g, it, size, in_rows=None) -> int:
     return int(min(need, 0.85 * size))
 
 
+def _stem_stage(graph, g, it):
+    """For a packed conv (few input channels, e.g. the stem) reading a graph input: (bytes per
+    partition of its staged image for ``rows`` input rows, HBM bytes per image its im2col reads
+    when there is no room to stage -- conv2d's phase layout straight from HBM, each element read
+    ~R*S/(sh*sw) times), as functions of the rows per step; None for other kernels."""
+    if g.kind != "conv2d":
+        return None
+    node = graph.node(g.ops[0])
+    x = node.inputs[0]
+    if x not in graph.inputs:
+        return None
+    N, C, H, W = graph.tensor_map[x].shape
+    K, Cg, R, S = graph.tensor_map[node.inputs[1]].shape
+    if int(node.attr("groups", 1)) != 1 or C >= 16 or R * S <= 1:
+        return None
+    sh, sw = (int(v) for v in tuple(node.attr("strides", (1, 1))))
+    pad = tuple(node.attr("padding", (0, 0, 0, 0)))
+    pad = (pad[0], pad[1], pad[0], pad[1]) if len(pad) == 2 else pad
+    OW = (W + pad[1] + pad[3] - S) // sw + 1
+    OH = (H + pad[0] + pad[2] - R) // sh + 1
+    nph = sw if 1 < sw < S else S
+    S1 = -(-S // nph)
+    Wu2 = (OW - 1) * sw + 1 + nph * (S1 - 1) if nph < S else (OW - 1) * sw + 1
+
+    def stage(rows):
+        return (rows + pad[0] + pad[2] + sh) * (W + pad[1] + pad[3]) * it
+    reread = max(0, C * R * nph * OH * Wu2 - C * H * W) * 4  # graph inputs are fp32 in HBM
+    return stage, reread
+
+
 def _weight_pp(graph, g, it) -> int:
     """SBUF bytes per partition of a conv kernel's laid-out weights (dense channel blocks x taps x
     output-channel tile); the codegen's layout never needs more."""
@@ -894,6 +924,13 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
                     sh = tm[t].shape  # (per sub-batch x sub-batches = the whole batch)
                     extra += max(0, nrows - int(sh[2])) * int(sh[0]) * int(sh[1]) * int(sh[3]) * \
                         (4 if t in graph.inputs else it)
+        for j, (stage_fn, reread) in stems.items():
+            # a packed stem without room to stage its image (resident bytes live there + the
+            # constant block) im2cols it straight from HBM; banded, it stages a window of rows
+            rows_j = win.get(j) if rsegs and any(lo_ <= j < hi_ for lo_, hi_, *_ in rsegs) else \
+                int(tm[groups[j].inputs[0]].shape[2])
+            if stage_fn(rows_j) > 0.7 * (size - pinned - al.used_at(j)):
+                extra += N * reread
         for t, (lo_, hi_) in stage_of.items():
             if f"{t}@stage" in al.spilled:
                 return float("inf"), al, bs
@@ -904,6 +941,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
             sum((N // k - 1) * sum(wbytes[lo:hi]) for lo, hi, k in segs)
         return cost, al, bs
 
+    stems = {j: st for j, g in enumerate(groups) if (st := _stem_stage(graph, g, it)) is not None}
     # a kernel call's fixed cost in bytes: one DMA latency at the aggregate bandwidth (a band step
     # waits for its weights and inputs before it computes, and its consumer for its output)
     step_bytes = int(float(getattr(config, "dma_latency_us", 2.0)) * 1e3 * int(getattr(config, "dma_queues", 4)) *
