@@ -308,13 +308,7 @@ def band_views(ctx, g) -> dict:
             base = Value(out, (N, C, pl.band_rows, W), ctx.cdt, sbuf=tile, images=N)
             base.flat_ap(0, pl.num_partitions, base.size // N // pl.num_partitions, (1,), (1,))  # layout check
             bands[out] = (base, new_org, new_org)
-        base, org, done = bands[out]
-        if r1 - new_org > pl.band_rows or new_org < org or r0 != max(done, new_org):
-            raise CodegenError(f"{g.tag}: band step rows [{r0}, {r1}) origin {new_org} do not follow the "
-                               f"band buffer of {out} (rows [{org}, {done}), {pl.band_rows} rows)")
-        if new_org > org and done > new_org:
-            _shift_rows(ctx.em, base, new_org - org, done - new_org)
-        bands[out] = (base, new_org, r1)
+        base = _advance(ctx, g, out, r0, r1, new_org, pl.band_rows, "band step rows", "band buffer")
         saved.setdefault(out, ctx.values.get(out))
         ctx.values[out] = base.window(r0 - new_org, r1 - r0)
     else:
@@ -342,19 +336,29 @@ def stage_rows(ctx, g):
         if nm not in bands:
             tile = ctx.em.sbuf_resident(0, parts, off, nbytes, ctx.cdt, f"{nm}@stage")
             bands[nm] = (Value(nm, (N, C, cap, W), ctx.cdt, sbuf=tile, images=N), org, org)
-        base, old, done = bands[nm]
-        if org < old or r0 != max(done, org) or r1 - org > cap:
-            raise CodegenError(f"{g.tag}: stage rows [{r0}, {r1}) origin {org} do not follow the stage buffer "
-                               f"of {nm} (rows [{old}, {done}), {cap} rows)")
-        if org > old and done > org:
-            _shift_rows(ctx.em, base, org - old, done - org)
+        base = _advance(ctx, g, nm, r0, r1, org, cap, "stage rows", "stage buffer")
         n, CT = r1 - r0, C // parts
         dst, srcw = base.window(r0 - org, n), src.window(r0, n)
         for i in range(N):
             e0 = i * C * n * W
             ctx.em.dma_split(dst.flat_ap(e0, parts, CT * n * W, (CT, n * W), (n * W, 1)),
                              srcw.flat_ap(e0, parts, CT * n * W, (CT, n * W), (n * W, 1)))
-        bands[nm] = (base, org, r1)
+
+
+def _advance(ctx, g, nm, r0, r1, new_org, cap, what, buf):
+    """Make band (or stage) buffer ``nm`` hold global rows [new_org, r1) for a step writing rows
+    [r0, r1): check the step follows the buffer (rows in order, origin never back, capacity ``cap``
+    rows), drop rows [old origin, new_org) by moving the kept ones to the front.  Returns the base."""
+    from target.codegen.emitter import CodegenError
+
+    base, org, done = ctx.bands[nm]
+    if r1 - new_org > cap or new_org < org or r0 != max(done, new_org):
+        raise CodegenError(f"{g.tag}: {what} [{r0}, {r1}) origin {new_org} do not follow the "
+                           f"{buf} of {nm} (rows [{org}, {done}), {cap} rows)")
+    if new_org > org and done > new_org:
+        _shift_rows(ctx.em, base, new_org - org, done - new_org)
+    ctx.bands[nm] = (base, new_org, r1)
+    return base
 
 
 def unstage(ctx, g):

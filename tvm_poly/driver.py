@@ -238,7 +238,7 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         from .planners.poly import plan_poly
         alt = plan_poly(graph, cfg, dtype, aligned_layouts=False)
         cand = _lower(graph, alt, cfg, cdt, name, options, layouts)
-        if cand.end_us < best.end_us - 1e-6 or _hbm_bytes(cand.program) < 0.99 * _hbm_bytes(best.program):
+        if cand.end_us < best.end_us - 1e-6 or cand.hbm_bytes < 0.99 * best.hbm_bytes:
             plan, best = alt, cand
     tried = [(best.options, best.end_us)]
     if search:
@@ -274,6 +274,7 @@ class _Lowering:
     schedule: tuple
     consulted: frozenset  # LowerOptions fields its kernels depended on
     layouts: dict  # Emitter.weight_layouts: what weight packs could hold (target/codegen/weight_pack.py)
+    hbm_bytes: int  # HBM bytes the program moves (_hbm_bytes)
 
 
 def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options, layouts=None) -> _Lowering:
@@ -333,7 +334,7 @@ def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options, layouts=Non
     if packs or plan_packs(plan.groups, em.weight_layouts, max(ALTERNATIVES["weight_pack"])):
         em.consulted.add("weight_pack")  # some kernels could share a pack
     return _Lowering(options, em.estimated_end_us(), program, ctx, schedule, frozenset(em.consulted),
-                     dict(em.weight_layouts))
+                     dict(em.weight_layouts), _hbm_bytes(program))
 
 
 def _better(cand: "_Lowering", best: "_Lowering") -> bool:
@@ -341,7 +342,7 @@ def _better(cand: "_Lowering", best: "_Lowering") -> bool:
     more than 1% more HBM bytes, or moves at least 1% fewer HBM bytes and ends at most 2% later
     (memory traffic is what the planner is for: e.g. a stem layout 1% faster that reads the image
     seven times over from HBM does not win)."""
-    cb, bb = _hbm_bytes(cand.program), _hbm_bytes(best.program)
+    cb, bb = cand.hbm_bytes, best.hbm_bytes
     if cand.end_us < best.end_us - 1e-6 and cb <= 1.01 * bb:
         return True
     return cb < 0.99 * bb and cand.end_us <= 1.02 * best.end_us

@@ -431,7 +431,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             wconsts.append(arr.reshape(cm.parts, -1))
         # depthwise (groups == C == K, the same channel map in and out): every nonzero block is a
         # diagonal, so HBM holds only the diagonals (parts x blocks) and the stationary blocks are
-        # built on chip, W[p, b, m] = I[p, m] * d[p, b] (Vector / GpSimd): Mk-fold fewer weight
+        # built on chip, W[p, b, m] = I[p, m] * d[p, b] (GpSimd): Mk-fold fewer weight
         # bytes (ShuffleNet's 544-channel 3x3: 666 KB -> 10 KB per kernel at bf16)
         if groups == C == K and Cg == 1 and tpack == 1 and not pairing and not dup and not lane_off and \
                 cm.parts == Mk and len(wconsts) == 1 and np.array_equal(cidx, kidx):
@@ -725,7 +725,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         t = wpool.next() if kept is None else kept[0]
         a = wconsts[gi]
         if diag_blocks:  # the diagonals in, then one op per block, W_b = I * d_b (d_b: a
-            # per-partition scalar), alternately on Vector and Scalar (both N cycles for Mk elements)
+            # per-partition scalar), on GpSimd: Vector or Scalar would put the builds between the
+            # previous kernel's evacuations in their in-order streams (notes/planner.md, session 8)
             dt_ = em.sbuf_tile(Mk, diag_blocks * it, cdt, "conv_wdiag")
             em.dma_split(dt_.ap((diag_blocks,), partitions=Mk), wvals[gi].flat_ap(0, Mk, diag_blocks, (diag_blocks,), (1,)),
                          **weight_split(em, prefetch))

@@ -25,9 +25,8 @@ candidate, not a guess.
                    (:mod:`target.codegen.weight_pack`; longer rows run at full DMA efficiency,
                    but a pack's SBUF is held from its first kernel to its last)
 ``depthwise``      depthwise convs (groups = channels): ``"diag"`` -- HBM holds the weights'
-                   diagonals only and the stationary blocks are built on chip (Vector / GpSimd,
-                   one op per channel plane: ~Mk-fold fewer weight bytes, engine time in program
-                   order); ``"dense"`` -- the block-diagonal blocks are loaded whole (DMA time,
+                   diagonals only and the stationary blocks are built on chip (GpSimd, one op
+                   per block: ~Mk-fold fewer weight bytes, engine time in program order); ``"dense"`` -- the block-diagonal blocks are loaded whole (DMA time,
                    issued ahead of the kernel)
 ``copy_piece``     the least bytes per DMA piece of a concat's on-chip copies (relayouts,
                    slices the engines cannot write in place; 32, 8, 16 or 4 KiB): smaller
