@@ -223,6 +223,7 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
     given = plan is not None
     if plan is None:
         plan = get_planner(planner)(graph, cfg, dtype)
+    graph = getattr(plan, "graph", None) or graph  # the graph the planner rewrote, if it did
     cdt = DTYPES[dtype]
     if search is None:
         search = options is None and planner == "poly"

@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001 - one-line error for the CLI
         print(f"tvm-poly plan: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    print(format_plan(g, plan, dtype_bytes(a.dtype)))
+    print(format_plan(getattr(plan, "graph", None) or g, plan, dtype_bytes(a.dtype)))
     return 0
 
 

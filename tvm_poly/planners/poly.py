@@ -99,6 +99,9 @@ class PolyPlan(Plan):
     """A :class:`Plan` plus what the planner decided and why (for ``tvm-poly plan``)."""
     info: tuple = field(default=(), compare=False)  # sorted (key, value) pairs, see plan_poly
     notes: tuple = field(default=(), compare=False)
+    # the graph the plan was made for when the planner rewrote the caller's (graph_subsample);
+    # None: the caller's graph.  Lower the plan with ``plan.graph or graph``.
+    graph: object = field(default=None, compare=False, repr=False)
 
     def get(self, key, default=None):
         for k, v in self.info:
@@ -409,6 +412,22 @@ ROW_REACH = 8  # kernels a segment may extend past a spilled tensor's producer /
 _ROW_MAPS: dict = {}  # (model, kernels) -> row maps of the last plan (a plan may search twice)
 
 
+def _loaded_bytes(elems, shape, it: int) -> int:
+    """Bytes a kernel loads from HBM for the read footprint ``elems`` of an NCHW tensor: the
+    codegen moves whole rows, and the row range between the first and last row it reads per
+    (image, channel) as one run (a stride-2 reader of every other row or column still loads all
+    of them).  Footprints of other ranks count exactly."""
+    import islpy as isl
+
+    from tvm_poly.counting import card
+
+    if len(shape) != 4 or elems.dim(isl.dim_type.set) != 4:
+        return card(elems) * it
+    rows = elems.project_out(isl.dim_type.set, 3, 1).remove_divs().coalesce()
+    hull = isl.Set.from_basic_set(rows.simple_hull()) if rows.n_basic_set() > 1 else rows
+    return card(hull) * int(shape[3]) * it
+
+
 def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers, root,
                     outputs, notes):
     """Spatial tiling: while tensors spill, try running a segment of consecutive kernels around the
@@ -706,16 +725,56 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
 
 
 def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, cyclic_layouts: bool = True,
-              aligned_layouts: bool = True, _t0: float = None) -> PolyPlan:
+              aligned_layouts: bool = True, subsample: bool = True) -> PolyPlan:
     """``cyclic_layouts``: concat chains may take the cyclic channel layout (``cyclic_chains``);
     a plan that would read one per row band or sub-batch is made again without.
     ``aligned_layouts``: concats whose inputs the default blocked map cuts at fractional rows
     take a layout on whole rows (``aligned_concat_rows``: cheaper copies, but their readers'
-    contractions run over fewer partitions; the driver lowers both plans and keeps the faster)."""
-    t0 = time.perf_counter() if _t0 is None else _t0
+    contractions run over fewer partitions; the driver lowers both plans and keeps the faster).
+    ``subsample``: readers that need only a stride lattice of a tensor may read a subsampled copy
+    of it (``tvm_poly.graph_subsample``); the graph is planned with and without that rewrite and
+    the plan of lower planned cost (spill + extra bytes) wins by at least 1% of the floor, else
+    the plan of the graph as given.  The winner's ``graph`` is the rewritten graph."""
+    t0 = time.perf_counter()
     if config is None or not hasattr(config, "sbuf_partitions"):
         from target.config import load_config
         config = load_config(config or "inf2")
+    plan = _plan_graph(graph, config, dtype, model, cyclic_layouts, aligned_layouts, t0)
+    if not subsample or plan.get("planned_cost_bytes", 0) <= 0:
+        return plan
+    from tvm_poly.graph_subsample import subsample_lattice_reads
+
+    pm = model if model is not None else _model_of(graph, [])
+    arrays, node_ops = model_names(graph, pm) if pm is not None else ({}, {})
+    try:
+        sub = subsample_lattice_reads(graph, pm, arrays, node_ops)
+    except Exception:  # noqa: BLE001 - the rewrite is an option: without it the plan stands
+        return plan
+    if sub is graph:
+        return plan
+    alt = _plan_graph(sub, config, dtype, None, cyclic_layouts, aligned_layouts, t0)
+    if alt.get("planned_cost_bytes") < plan.get("planned_cost_bytes") - 0.01 * plan.get("compulsory_bytes"):
+        new = [n.name for n in sub.nodes if n.name not in {m.name for m in graph.nodes}]
+        note = (f"lattice reads: {', '.join(new)} subsample for the stride-s 1x1 convs that read only "
+                f"them (planned extra bytes {plan.get('planned_cost_bytes') / 1e6:.1f} -> "
+                f"{alt.get('planned_cost_bytes') / 1e6:.1f} MB)")
+        return _restamp(dataclasses.replace(alt, graph=sub, notes=alt.notes + (note,)), alt, t0)
+    return _restamp(plan, plan, t0)
+
+
+def _restamp(plan: PolyPlan, made: PolyPlan, t0: float) -> PolyPlan:
+    """``plan`` with the allocation ``made`` carried (for the tests and ``tvm-poly plan``) and
+    ``planner_seconds`` counting every graph planned."""
+    info = tuple((k, round(time.perf_counter() - t0, 3) if k == "planner_seconds" else v) for k, v in plan.info)
+    out = dataclasses.replace(plan, info=info)
+    for k in ("_allocation", "_kernels"):
+        if hasattr(made, k):
+            object.__setattr__(out, k, getattr(made, k))
+    return out
+
+
+def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool, aligned_layouts: bool,
+                t0: float) -> PolyPlan:
     notes: list = []
     base = plan_per_op(graph, config, dtype)
     # weight loads run ahead of their kernels (next-fit SBUF rotation, in-order DMA queues), so the
@@ -815,7 +874,8 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
                     from tvm_poly.queries import footprint
                     doms = [st.domain for st in group_statements(pm, groups[u], node_ops)]
                     if doms:
-                        fp = footprint(pm, doms, arrays[b.name], "read", elem_bytes=it).bytes
+                        fp = _loaded_bytes(footprint(pm, doms, arrays[b.name], "read", elem_bytes=it).elements,
+                                           tm[b.name].shape, it)
                 except Exception:  # noqa: BLE001
                     fp = None
             use_fp[(b.name, u)] = fp if fp is not None else b.save_bytes
@@ -1100,6 +1160,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
         "polyhedral_model": pm is not None,
         "planner_seconds": round(time.perf_counter() - t0, 3),
     }
+    info["planned_cost_bytes"] = int(min(best[0], 1 << 62))  # spill + extra bytes (+ kernel-call cost)
     info["batch_tiling"] = (sub_k, cut)
     info["batch_segments"] = tuple(segs)
     info["extra_weight_bytes"] = sum((N // k - 1) * sum(wbytes[lo_:hi_]) for lo_, hi_, k in segs) + \
@@ -1111,7 +1172,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
     if cyclic and any((g.param("rows") is not None or g.param("images")) and
                       any(root(t) in cyclic for t in tuple(g.inputs) + (g.output,)) for g in steps):
         # the cyclic layout is not read per row band or sub-batch: plan without it
-        return plan_poly(graph, config, dtype, model, cyclic_layouts=False, aligned_layouts=aligned_layouts, _t0=t0)
+        return _plan_graph(graph, config, dtype, model, False, aligned_layouts, t0)
     plan = PolyPlan("poly", dtype, tuple(placements), tuple(steps),
                     info=tuple(sorted(info.items())), notes=tuple(notes))
     object.__setattr__(plan, "_allocation", alloc)
