@@ -4,6 +4,7 @@ poly planner only when its plan moves fewer bytes."""
 import dataclasses
 
 import numpy as np
+import pytest
 
 from target.config import load_config
 from tvm_poly.driver import compile_graph
@@ -88,3 +89,34 @@ def test_planner_takes_the_rewrite_only_when_it_moves_fewer_bytes():
     assert any("lattice reads" in n for n in got[True][0].notes)
     assert got[True][1] < got[False][1], got
     assert plan_poly(g, load_config("inf2"), "float32").graph is None
+
+
+@pytest.mark.slow
+def test_resnet50_plans_take_the_lattice_copies_and_the_stem_room_where_they_pay():
+    """ResNet-50's three downsampling shortcuts read their block inputs on the stride-2 lattice:
+    at b1 fp32 on inf1 (block inputs spill) the plan reads subsampled copies; at b1 bf16 on inf2
+    (all resident) the graph stays as given.  At b8 bf16 on inf2 the plan keeps the room the stem
+    needs to stage its image (else it im2cols it ~3x over from HBM): at the stem the resident bytes
+    leave its stage within 70% of the free range."""
+    from tvm_poly.bench import load_graph
+    from tvm_poly.planners.poly import _stem_stage, plan_poly
+    from target.codegen.const_block import block_bytes
+
+    g, _, _ = load_graph("resnet50", 1)
+    p = plan_poly(g, load_config("inf1"), "float32")
+    assert p.graph is not None
+    assert sorted(n.name for n in p.graph.nodes if n.name.endswith("_sub2")) == \
+        sorted(t + "_sub2" for t in ("lv77", "lv170", "lv307"))
+    assert plan_poly(g, load_config("inf2"), "bfloat16").graph is None
+
+    g8, _, _ = load_graph("resnet50", 8)
+    cfg = load_config("inf2")
+    p8 = plan_poly(g8, cfg, "bfloat16")
+    pg = p8.graph or g8
+    stem = next(gp for gp in p8.groups if gp.kind == "conv2d")
+    stage, _ = _stem_stage(pg, stem, 2)
+    size = cfg.sbuf_bytes_per_partition
+    from tvm_poly.planners.per_op import plan_per_op
+    pinned = block_bytes(plan_per_op(pg, cfg, "bfloat16").groups, pg.tensor_map)
+    al = p8._allocation
+    assert stage(224) <= 0.7 * (size - pinned - al.used_at(0))

@@ -272,12 +272,9 @@ def _scratch_need(graph, g, it, size, in_rows=None) -> int:
         # and two one-row bands fit in 80% of it (target/codegen/conv.py): the smaller need
         OW = (W + p2 - S) // int(tuple(node.attr("strides", (1, 1)))[1]) + 1
         row_band = CT * R * W * it + (CT * R * (W + p2) * it if any(pad) else 0) + KT * OW * it
+        # (a packed stem's image stage is not reserved here: ``variant`` costs the HBM re-reads
+        # of a stem without room to stage, ``_stem_stage``)
         need = min(3 * w, int(1.25 * (w + 2 * row_band)) + 4096) + padb + (32768 if packed else 16384)
-        stage = (H + p2 + 2 * int(tuple(node.attr("strides", (1, 1)))[0])) * (W + p2) * it
-        if packed and stage <= 0.6 * size:
-            # the packed stem stages its input, one image at a time (conv2d "load once"): without
-            # the room it im2cols straight from HBM, every input element read ~R*S/4 times
-            need += stage
     elif g.kind == "elementwise":
         need = 3 * 16384 * 2  # one streamed operand + output tiles (resident operands need none)
     else:
@@ -977,28 +974,44 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
                     lo_, hi_ = min(lo_, s0), max(hi_, s1 - 1)
             bs.append(b if (lo_, hi_) == (b.start, b.end) else
                       Buffer(b.name, lo_, hi_, b.partitions, b.nbytes, b.uses, b.save_bytes, b.reload_bytes))
+        def priced(al, extra):
+            """(plan cost of allocation ``al``, [(stem kernel, its stage bytes) without room])."""
+            for lo_, hi_, B, sch in rsegs:  # halo rows that banded kernels re-read from HBM
+                for (t, _), nrows in sch.reads:
+                    if t not in al.slots:
+                        sh = tm[t].shape  # (per sub-batch x sub-batches = the whole batch)
+                        extra += max(0, nrows - int(sh[2])) * int(sh[0]) * int(sh[1]) * int(sh[3]) * \
+                            (4 if t in graph.inputs else it)
+            short = []
+            for j, (stage_fn, reread) in stems.items():
+                # a packed stem without room to stage its image (resident bytes live there + the
+                # constant block) im2cols it straight from HBM; banded, it stages a window of rows
+                rows_j = win.get(j) if rsegs and any(lo_ <= j < hi_ for lo_, hi_, *_ in rsegs) else \
+                    int(tm[groups[j].inputs[0]].shape[2])
+                if stage_fn(rows_j) > 0.7 * (size - pinned - al.used_at(j)):
+                    extra += N * reread
+                    short.append((j, stage_fn(rows_j)))
+            for t, (lo_, hi_) in stage_of.items():
+                if f"{t}@stage" in al.spilled:
+                    return float("inf"), short
+                if t not in al.slots:  # one load of every row instead of one per reader
+                    u_in = [u for u in by_name[t].uses if lo_ <= u < hi_]
+                    extra -= sum(use_fp.get((t, u), by_name[t].save_bytes) for u in u_in) - by_name[t].save_bytes
+            return al.spill_save_bytes + al.spill_reload_bytes + extra + \
+                sum((N // k - 1) * sum(wbytes[lo:hi]) for lo, hi, k in segs), short
+
         al = allocate(bs + wbufs, cap_, size)
-        for lo_, hi_, B, sch in rsegs:  # halo rows that banded kernels re-read from HBM
-            for (t, _), nrows in sch.reads:
-                if t not in al.slots:
-                    sh = tm[t].shape  # (per sub-batch x sub-batches = the whole batch)
-                    extra += max(0, nrows - int(sh[2])) * int(sh[0]) * int(sh[1]) * int(sh[3]) * \
-                        (4 if t in graph.inputs else it)
-        for j, (stage_fn, reread) in stems.items():
-            # a packed stem without room to stage its image (resident bytes live there + the
-            # constant block) im2cols it straight from HBM; banded, it stages a window of rows
-            rows_j = win.get(j) if rsegs and any(lo_ <= j < hi_ for lo_, hi_, *_ in rsegs) else \
-                int(tm[groups[j].inputs[0]].shape[2])
-            if stage_fn(rows_j) > 0.7 * (size - pinned - al.used_at(j)):
-                extra += N * reread
-        for t, (lo_, hi_) in stage_of.items():
-            if f"{t}@stage" in al.spilled:
-                return float("inf"), al, bs
-            if t not in al.slots:  # one load of every row instead of one per reader
-                u_in = [u for u in by_name[t].uses if lo_ <= u < hi_]
-                extra -= sum(use_fp.get((t, u), by_name[t].save_bytes) for u in u_in) - by_name[t].save_bytes
-        cost = al.spill_save_bytes + al.spill_reload_bytes + extra + \
-            sum((N // k - 1) * sum(wbytes[lo:hi]) for lo, hi, k in segs)
+        cost, short = priced(al, extra)
+        if short:
+            # or make room for those stems' stages: resident bytes at the stem at most what
+            # leaves the stage 70% of the free range (the codegen's test), if that costs less
+            cap_r = list(cap_)
+            for j, st in short:
+                cap_r[j] = min(cap_r[j], max(0, int(size - pinned - st / 0.7)))
+            al_r = allocate(bs + wbufs, cap_r, size)
+            cost_r, _ = priced(al_r, extra)
+            if cost_r < cost:
+                cost, al = cost_r, al_r
         return cost, al, bs
 
     stems = {j: st for j, g in enumerate(groups) if (st := _stem_stage(graph, g, it)) is not None}
