@@ -68,10 +68,10 @@ def test_row_maps_are_the_convs_and_pools_windows():
             assert (m.lo[o], m.hi[o]) == (max(0, o * s - pt), min(H, o * s - pt + R)), (gi, t, o)
 
 
-@pytest.mark.parametrize("dtype,tol,C,kib", [("float32", 1e-5, 32, 24), ("bfloat16", 3e-2, 32, 24),
+@pytest.mark.parametrize("dtype,tol,C,kib", [("float32", 1e-5, 32, 24), ("bfloat16", 3e-2, 32, 22),
                                              ("float32", 1e-5, 256, 48)])
 def test_banded_chain_matches_reference_and_moves_fewer_bytes(dtype, tol, C, kib):
-    """With 24 KiB of SBUF per partition the 40x40 intermediates spill whole; the planner runs
+    """With 22-24 KiB of SBUF per partition the 40x40 intermediates spill whole; the planner runs
     the chain in row bands instead (band buffers + halo reuse) and the result is unchanged
     (C = 256: two channel planes per partition, the blocked layout; a 1x1 conv reads a band
     buffer's row window in place, whose planes lie band_rows x W apart)."""
@@ -225,8 +225,8 @@ def test_inconsistent_band_steps_are_refused_with_a_clear_error():
         compile_graph(g, cfg, planner="poly", dtype="float32", plan=stale)
 
 
-@pytest.mark.parametrize("C", [64, 192])
-def test_lrn_runs_in_row_bands_in_place(C):
+@pytest.mark.parametrize("C,kib", [(64, 32), (192, 40)])
+def test_lrn_runs_in_row_bands_in_place(C, kib):
     """conv -> LRN -> conv whose intermediates only fit as band buffers: the LRN (a channel
     window, rows map to themselves) joins the row segment and reads / writes the band buffers in
     place (C = 192: the blocked layout, 96 partitions x 2 planes, band matrix per plane pair)."""
@@ -246,7 +246,7 @@ def test_lrn_runs_in_row_bands_in_place(C):
     n = lrn_chain(b, h, s, 5, 1e-3, 0.75, 1.0)
     o = b.op("conv2d", [n, b.const("w2", w2)], (1, 24, H, H), padding=(1, 1, 1, 1), strides=(1, 1))
     g = b.build([o])
-    cp = compile_graph(g, _small_sbuf(40), planner="poly", dtype="float32")
+    cp = compile_graph(g, _small_sbuf(kib), planner="poly", dtype="float32")
     xv = rng.standard_normal((1, 16, H, H)).astype(np.float32)
     outs, rep = cp.run({x: xv})
     ref = conv_ref(lrn_ref(np.maximum(conv_ref(xv, w1, (1, 1), (1,) * 4), 0), 5, 1e-3, 0.75, 1.0), w2, (1, 1), (1,) * 4)
@@ -311,15 +311,17 @@ def test_staged_input_rows_load_once_for_all_readers():
 
 @pytest.mark.slow
 def test_resnet50_inf1_stages_the_block_input_its_two_convs_share():
-    """ResNet-50 b1 fp32 on inf1: the max pool's output spills and layer 1's first block reads it
-    twice (conv1 and the shortcut conv); the band segment loads it once into a stage buffer.
-    The numbers still match onnxruntime."""
+    """ResNet-50 b1 fp32 on inf1 with 56 KiB partitions: layer 1's output spills and layer 2's
+    first block reads it twice (conv1 and the shortcut's lattice copy); the band segment loads it
+    once into a stage buffer.  The numbers still match onnxruntime.  (On the 64 KiB of inf1 it
+    stays resident since the pools' and concats' scratch estimates follow their codegen.)"""
     pytest.importorskip("onnxruntime")
     from tests.codegen_util import resnet50_logits_case
     from tvm_poly.models import rel_err
 
     g, inputs, ref = resnet50_logits_case()
-    cp = compile_graph(g, "inf1", planner="poly", dtype="float32")
+    cfg = dataclasses.replace(load_config("inf1"), sbuf_bytes_per_partition=56 * 1024)
+    cp = compile_graph(g, cfg, planner="poly", dtype="float32")
     staged = {s[0] for gp in cp.plan.groups for s in gp.param("stage", ())}
     assert staged
     (nm,) = staged

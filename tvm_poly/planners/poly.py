@@ -249,9 +249,10 @@ def _sbuf_size(config) -> int:
     return int(getattr(config, "sbuf_bytes_per_partition", 196608))
 
 
-def _scratch_need(graph, g, it, size, in_rows=None) -> int:
+def _scratch_need(graph, g, it, size, in_rows=None, slotted: bool = False) -> int:
     """SBUF bytes per partition kernel ``g`` wants for itself (weights once, bands, streams);
-    ``in_rows``: the input rows one step reads when the kernel runs in row bands."""
+    ``in_rows``: the input rows one step reads when the kernel runs in row bands; ``slotted``: its
+    weights sit in a planner slot (row bands), which the conv uses instead of a tile of its own."""
     tm = graph.tensor_map
     if g.kind == "conv2d":
         node = graph.node(g.ops[0])
@@ -274,9 +275,31 @@ def _scratch_need(graph, g, it, size, in_rows=None) -> int:
         row_band = CT * R * W * it + (CT * R * (W + p2) * it if any(pad) else 0) + KT * OW * it
         # (a packed stem's image stage is not reserved here: ``variant`` costs the HBM re-reads
         # of a stem without room to stage, ``_stem_stage``)
-        need = min(3 * w, int(1.25 * (w + 2 * row_band)) + 4096) + padb + (32768 if packed else 16384)
+        wband = int(1.25 * 2 * row_band) + 4096 if slotted else min(3 * w, int(1.25 * (w + 2 * row_band)) + 4096)
+        need = wband + padb + (32768 if packed else 16384)
     elif g.kind == "elementwise":
         need = 3 * 16384 * 2  # one streamed operand + output tiles (resident operands need none)
+    elif g.kind == "pool" and g.param("pool_size") and len(tm[g.inputs[0]].shape) == 4:
+        # pool2d halves its row band until the band's tiles fit the free range (input rows, the
+        # column pass, the output rows): a band of 4 output rows (or the step's rows), at least
+        # 1/10 of SBUF so that the bands stay few
+        N, C, H, W = (int(v) for v in tm[g.inputs[0]].shape)
+        OH, OW = (int(v) for v in tm[g.output].shape[2:])
+        R = int(tuple(g.param("pool_size"))[0])
+        sh = int(tuple(g.param("strides", (1, 1)))[0])
+        bo = max(1, (in_rows - R) // sh + 1) if in_rows else min(OH, 4)
+        rp = (bo - 1) * sh + R
+        need = max(int(0.1 * size), -(-C // 128) * it * (rp * W + rp * OW + bo * OW) + 4096)
+    elif g.kind == "concat":
+        need = 4096  # target/codegen/movement.py: DMAs between the inputs' and the output's places
+    elif g.kind == "lrn" and len(tm[g.output].shape) == 4:
+        # target/codegen/lrn.py: the band matrix (T x C, in a planner slot when banded) and x / x^2
+        # / out chunks per channel tile, double-buffered, sized to half the free range (8 KiB each
+        # at most, 512 elements at least): 2 KiB chunks here; PSUM evacuation tiles
+        C = int(tm[g.output].shape[1])
+        T = -(-C // 128)
+        band = 0 if in_rows else T * C * it
+        need = max(int(0.1 * size), band + T * 3 * 2 * 2048 + 3 * 512 * 4 + 4096)
     else:
         need = 65536
     return int(min(need, 0.85 * size))
@@ -330,11 +353,12 @@ def _band_pp(graph, g, it) -> int:
     return ChanMap(C, 128).T * C * it
 
 
-def _capacity(graph, kernels, it, size, in_rows=None, pinned=None, memo=None) -> list:
+def _capacity(graph, kernels, it, size, in_rows=None, pinned=None, memo=None, slotted=frozenset()) -> list:
     """Resident bytes per partition allowed at each kernel: SBUF minus the program's constant
     block (bottom of SBUF, target/codegen/const_block.py) minus the kernel's own scratch
     (``in_rows``: {kernel index: input rows per step} of row-banded kernels; ``memo``: a dict
-    that keeps the scratch figures between calls on the same kernels)."""
+    that keeps the scratch figures between calls on the same kernels; ``slotted``: kernels whose
+    weights have a slot of their own in the allocation, not in their scratch)."""
     from target.codegen.const_block import block_bytes
 
     if pinned is None:
@@ -343,9 +367,9 @@ def _capacity(graph, kernels, it, size, in_rows=None, pinned=None, memo=None) ->
     memo = {} if memo is None else memo
     out = []
     for i, k in enumerate(kernels):
-        key = (i, in_rows.get(i))
+        key = (i, in_rows.get(i), i in slotted)
         if key not in memo:
-            memo[key] = _scratch_need(graph, k, it, size, key[1])
+            memo[key] = _scratch_need(graph, k, it, size, key[1], key[2])
         out.append(max(0, size - pinned - memo[key]))
     return out
 
@@ -913,7 +937,7 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
         rsegs: [(lo, hi, B, BandSchedule)]: kernels [lo, hi) run in B row bands."""
         bs = []
         cap_, band_of, extra = capacity, {}, 0
-        wbufs = []
+        wbufs, slotted = [], {}  # slotted: banded conv -> its weight slot's buffer name
         if rsegs:
             win = {}
             for lo_, hi_, B, sch in rsegs:
@@ -935,9 +959,11 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
                         full = wbytes[j] if kind == "conv2d" else int(tm[groups[j].output].shape[1]) ** 2 * it
                         wbufs.append(Buffer(f"{groups[j].name}/weights", lo_, hi_ - 1, 128, wpp, (j,), 0,
                                             passes * (B - 1) * full))
+                        if kind == "conv2d":
+                            slotted[j] = wbufs[-1].name
                     else:
                         extra += passes * (B - 1) * wbytes[j]
-            cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo)
+            cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo, frozenset(slotted))
         stage_of = {}  # staged input -> its row segment (saves every reader but one its load)
         for lo_, hi_, B, sch in rsegs:
             sg = seg_of(lo_, segs)
@@ -1001,6 +1027,10 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
                 sum((N // k - 1) * sum(wbytes[lo:hi]) for lo, hi, k in segs), short
 
         al = allocate(bs + wbufs, cap_, size)
+        lost = {j for j, nm in slotted.items() if nm in al.spilled}
+        if lost:  # a conv whose slot spilled loads its weights into a tile of its own per band
+            cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo, frozenset(set(slotted) - lost))
+            al = allocate(bs + wbufs, cap_, size)
         cost, short = priced(al, extra)
         if short:
             # or make room for those stems' stages: resident bytes at the stem at most what
