@@ -249,10 +249,12 @@ def _sbuf_size(config) -> int:
     return int(getattr(config, "sbuf_bytes_per_partition", 196608))
 
 
-def _scratch_need(graph, g, it, size, in_rows=None, slotted: bool = False) -> int:
+def _scratch_need(graph, g, it, size, in_rows=None, slotted: bool = False, lean: bool = True) -> int:
     """SBUF bytes per partition kernel ``g`` wants for itself (weights once, bands, streams);
     ``in_rows``: the input rows one step reads when the kernel runs in row bands; ``slotted``: its
-    weights sit in a planner slot (row bands), which the conv uses instead of a tile of its own."""
+    weights sit in a planner slot (row bands), which the conv uses instead of a tile of its own;
+    ``lean``: pools, LRNs and concats ask what their codegen allocates at least (their bands follow
+    the free range); else the generous 64 KiB of sessions 1-8 (bigger bands, fewer residents)."""
     tm = graph.tensor_map
     if g.kind == "conv2d":
         node = graph.node(g.ops[0])
@@ -279,6 +281,8 @@ def _scratch_need(graph, g, it, size, in_rows=None, slotted: bool = False) -> in
         need = wband + padb + (32768 if packed else 16384)
     elif g.kind == "elementwise":
         need = 3 * 16384 * 2  # one streamed operand + output tiles (resident operands need none)
+    elif not lean:
+        need = 65536
     elif g.kind == "pool" and g.param("pool_size") and len(tm[g.inputs[0]].shape) == 4:
         # pool2d halves its row band until the band's tiles fit the free range (input rows, the
         # column pass, the output rows): a band of 4 output rows (or the step's rows), at least
@@ -353,7 +357,8 @@ def _band_pp(graph, g, it) -> int:
     return ChanMap(C, 128).T * C * it
 
 
-def _capacity(graph, kernels, it, size, in_rows=None, pinned=None, memo=None, slotted=frozenset()) -> list:
+def _capacity(graph, kernels, it, size, in_rows=None, pinned=None, memo=None, slotted=frozenset(),
+              lean: bool = True) -> list:
     """Resident bytes per partition allowed at each kernel: SBUF minus the program's constant
     block (bottom of SBUF, target/codegen/const_block.py) minus the kernel's own scratch
     (``in_rows``: {kernel index: input rows per step} of row-banded kernels; ``memo``: a dict
@@ -367,9 +372,9 @@ def _capacity(graph, kernels, it, size, in_rows=None, pinned=None, memo=None, sl
     memo = {} if memo is None else memo
     out = []
     for i, k in enumerate(kernels):
-        key = (i, in_rows.get(i), i in slotted)
+        key = (i, in_rows.get(i), i in slotted, lean)
         if key not in memo:
-            memo[key] = _scratch_need(graph, k, it, size, key[1], key[2])
+            memo[key] = _scratch_need(graph, k, it, size, key[1], key[2], lean)
         out.append(max(0, size - pinned - memo[key]))
     return out
 
@@ -760,9 +765,21 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
     if config is None or not hasattr(config, "sbuf_partitions"):
         from target.config import load_config
         config = load_config(config or "inf2")
-    plan = _plan_graph(graph, config, dtype, model, cyclic_layouts, aligned_layouts, t0)
+    def planned(g, m):
+        """The plan of ``g`` with lean scratch estimates, or with the generous ones when they plan
+        cheaper (a kernel's bands follow the free range: more room for residents or bigger bands)."""
+        p = _plan_graph(g, config, dtype, m, cyclic_layouts, aligned_layouts, t0)
+        if p.get("planned_cost_bytes", 0) > 0:
+            q = _plan_graph(g, config, dtype, m, cyclic_layouts, aligned_layouts, t0, lean=False)
+            if q.get("planned_cost_bytes") < p.get("planned_cost_bytes"):
+                return dataclasses.replace(q, notes=q.notes + (
+                    f"scratch: the generous per-kernel estimates plan cheaper ({q.get('planned_cost_bytes') / 1e6:.1f}"
+                    f" vs {p.get('planned_cost_bytes') / 1e6:.1f} MB planned extra)",))
+        return p
+
+    plan = planned(graph, model)
     if not subsample or plan.get("planned_cost_bytes", 0) <= 0:
-        return plan
+        return _restamp(plan, plan, t0)
     from tvm_poly.graph_subsample import subsample_lattice_reads
 
     pm = model if model is not None else _model_of(graph, [])
@@ -773,7 +790,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
         return plan
     if sub is graph:
         return plan
-    alt = _plan_graph(sub, config, dtype, None, cyclic_layouts, aligned_layouts, t0)
+    alt = planned(sub, None)
     if alt.get("planned_cost_bytes") < plan.get("planned_cost_bytes") - 0.01 * plan.get("compulsory_bytes"):
         new = [n.name for n in sub.nodes if n.name not in {m.name for m in graph.nodes}]
         note = (f"lattice reads: {', '.join(new)} subsample for the stride-s 1x1 convs that read only "
@@ -795,7 +812,7 @@ def _restamp(plan: PolyPlan, made: PolyPlan, t0: float) -> PolyPlan:
 
 
 def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool, aligned_layouts: bool,
-                t0: float) -> PolyPlan:
+                t0: float, lean: bool = True) -> PolyPlan:
     notes: list = []
     base = plan_per_op(graph, config, dtype)
     # weight loads run ahead of their kernels (next-fit SBUF rotation, in-order DMA queues), so the
@@ -909,7 +926,7 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
     from target.codegen.const_block import block_bytes
     pinned = block_bytes(groups, tm)  # the program's constant block sits at the bottom of SBUF
     scratch_memo: dict = {}
-    capacity = _capacity(graph, groups, it, size, None, pinned, scratch_memo)
+    capacity = _capacity(graph, groups, it, size, None, pinned, scratch_memo, lean=lean)
     # ---- batch tiling: kernels [0, s) run per sub-batch of k images (their intermediates hold
     # k images and are reused by the next sub-batch; their weights load N/k times), kernels
     # [s, m) over the whole batch.  (k, s) minimises spill + extra weight traffic.
@@ -963,7 +980,7 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
                             slotted[j] = wbufs[-1].name
                     else:
                         extra += passes * (B - 1) * wbytes[j]
-            cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo, frozenset(slotted))
+            cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo, frozenset(slotted), lean)
         stage_of = {}  # staged input -> its row segment (saves every reader but one its load)
         for lo_, hi_, B, sch in rsegs:
             sg = seg_of(lo_, segs)
@@ -1029,7 +1046,7 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
         al = allocate(bs + wbufs, cap_, size)
         lost = {j for j, nm in slotted.items() if nm in al.spilled}
         if lost:  # a conv whose slot spilled loads its weights into a tile of its own per band
-            cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo, frozenset(set(slotted) - lost))
+            cap_ = _capacity(graph, groups, it, size, win, pinned, scratch_memo, frozenset(set(slotted) - lost), lean)
             al = allocate(bs + wbufs, cap_, size)
         cost, short = priced(al, extra)
         if short:
@@ -1215,7 +1232,7 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
     if cyclic and any((g.param("rows") is not None or g.param("images")) and
                       any(root(t) in cyclic for t in tuple(g.inputs) + (g.output,)) for g in steps):
         # the cyclic layout is not read per row band or sub-batch: plan without it
-        return _plan_graph(graph, config, dtype, model, False, aligned_layouts, t0)
+        return _plan_graph(graph, config, dtype, model, False, aligned_layouts, t0, lean)
     plan = PolyPlan("poly", dtype, tuple(placements), tuple(steps),
                     info=tuple(sorted(info.items())), notes=tuple(notes))
     object.__setattr__(plan, "_allocation", alloc)
