@@ -38,3 +38,23 @@ def test_inception_v2_inf1_fp32_keeps_branch_outputs_on_chip():
     assert poly["status"] == "ok" and per_op["status"] == "ok", (poly.get("error"), per_op.get("error"))
     assert poly["rel_err"] <= 1e-5
     assert 2 * poly["hbm_bytes"] <= per_op["hbm_bytes"], (poly["hbm_bytes"], per_op["hbm_bytes"])
+
+
+@pytest.mark.slow
+def test_planner_keeps_the_cheaper_of_lean_and_generous_scratch():
+    """ResNet-50 b1 fp32 on inf1: the greedy search with the lean estimates lands on a dearer plan
+    (the stem outside the first row segment) than with the generous ones; plan_poly keeps the
+    cheaper planned cost and says so."""
+    import time
+
+    from tvm_poly.bench import load_graph
+    from tvm_poly.planners.poly import _plan_graph, plan_poly
+
+    g, _, _ = load_graph("resnet50", 1)
+    cfg = load_config("inf1")
+    costs = {lean: _plan_graph(g, cfg, "float32", None, True, True, time.perf_counter(), lean).get(
+        "planned_cost_bytes") for lean in (True, False)}
+    plan = plan_poly(g, cfg, "float32", subsample=False)
+    assert plan.get("planned_cost_bytes") == min(costs.values())
+    assert costs[False] < costs[True]
+    assert any(n.startswith("scratch: the generous") for n in plan.notes)
