@@ -58,3 +58,5 @@ def test_planner_keeps_the_cheaper_of_lean_and_generous_scratch():
     assert plan.get("planned_cost_bytes") == min(costs.values())
     assert costs[False] < costs[True]
     assert any(n.startswith("scratch: the generous") for n in plan.notes)
+    from tvm_poly.plan_cli import format_plan
+    assert plan._allocation is not None and "SBUF map at peak" in format_plan(g, plan, 4)

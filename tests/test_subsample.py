@@ -49,7 +49,6 @@ def test_lattice_readers_are_decided_by_isl():
 
     g, _, _, _ = _block()
     cands = lattice_readers(g)
-    h = g.node(g.outputs[0])  # noqa: F841 - graph sanity
     assert {t: {s: [n.op for n in ns] for s, ns in v.items()} for t, v in cands.items()} == \
         {next(iter(cands)): {(2, 2): ["conv2d"]}}
     pm = _model_of(g, [])

@@ -238,9 +238,10 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         # wins with an earlier end or with 1% fewer HBM bytes (the planner's first measure)
         from .planners.poly import plan_poly
         alt = plan_poly(graph, cfg, dtype, aligned_layouts=False)
-        cand = _lower(graph, alt, cfg, cdt, name, options, layouts)
+        alt_graph = alt.graph or graph  # (its own choice of lattice copies)
+        cand = _lower(alt_graph, alt, cfg, cdt, name, options, layouts)
         if cand.end_us < best.end_us - 1e-6 or cand.hbm_bytes < 0.99 * best.hbm_bytes:
-            plan, best = alt, cand
+            plan, best, graph = alt, cand, alt_graph
     tried = [(best.options, best.end_us)]
     if search:
         seen = {best.options}

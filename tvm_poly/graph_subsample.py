@@ -17,6 +17,7 @@ w % s_w = 0}`` (isl set equality); the convolution's attributes only propose the
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from .graph import OpGraph, OpNode, TensorInfo
@@ -117,9 +118,9 @@ def subsample_lattice_reads(graph: OpGraph, model=None, arrays=None, node_ops=No
     for n in graph.nodes:
         if n.name in renamed:
             src = renamed[n.name]
-            attrs = tuple((k, (1, 1) if k == "strides" else v) for k, v in n.attrs)
-            n = OpNode(n.name, n.op, (src,) + tuple(n.inputs[1:]), n.output, attrs,
-                       (tuple(tm[src].shape),) + tuple(n.shapes[1:]), n.dtypes, n.supported, n.reason)
+            n = dataclasses.replace(n, inputs=(src,) + tuple(n.inputs[1:]),
+                                    attrs=tuple((k, (1, 1) if k == "strides" else v) for k, v in n.attrs),
+                                    shapes=(tuple(tm[src].shape),) + tuple(n.shapes[1:]))
         nodes.append(n)
         nodes.extend(after.get(n.name, ()))
     return OpGraph(tuple(nodes), tuple(tm.values()), graph.inputs, graph.outputs, graph.name)

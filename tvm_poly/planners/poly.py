@@ -102,6 +102,10 @@ class PolyPlan(Plan):
     # the graph the plan was made for when the planner rewrote the caller's (graph_subsample);
     # None: the caller's graph.  Lower the plan with ``plan.graph or graph``.
     graph: object = field(default=None, compare=False, repr=False)
+    # the final allocation (tvm_poly.allocation) and the kernel tags its times index, for the
+    # tests and ``tvm-poly plan``'s SBUF map; fields, so that ``dataclasses.replace`` keeps them
+    _allocation: object = field(default=None, compare=False, repr=False)
+    _kernels: tuple = field(default=(), compare=False, repr=False)
 
     def get(self, key, default=None):
         for k, v in self.info:
@@ -779,7 +783,7 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
 
     plan = planned(graph, model)
     if not subsample or plan.get("planned_cost_bytes", 0) <= 0:
-        return _restamp(plan, plan, t0)
+        return _restamp(plan, t0)
     from tvm_poly.graph_subsample import subsample_lattice_reads
 
     pm = model if model is not None else _model_of(graph, [])
@@ -787,28 +791,23 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
     try:
         sub = subsample_lattice_reads(graph, pm, arrays, node_ops)
     except Exception:  # noqa: BLE001 - the rewrite is an option: without it the plan stands
-        return plan
+        return _restamp(plan, t0)
     if sub is graph:
-        return plan
+        return _restamp(plan, t0)
     alt = planned(sub, None)
     if alt.get("planned_cost_bytes") < plan.get("planned_cost_bytes") - 0.01 * plan.get("compulsory_bytes"):
         new = [n.name for n in sub.nodes if n.name not in {m.name for m in graph.nodes}]
         note = (f"lattice reads: {', '.join(new)} subsample for the stride-s 1x1 convs that read only "
                 f"them (planned extra bytes {plan.get('planned_cost_bytes') / 1e6:.1f} -> "
                 f"{alt.get('planned_cost_bytes') / 1e6:.1f} MB)")
-        return _restamp(dataclasses.replace(alt, graph=sub, notes=alt.notes + (note,)), alt, t0)
-    return _restamp(plan, plan, t0)
+        return _restamp(dataclasses.replace(alt, graph=sub, notes=alt.notes + (note,)), t0)
+    return _restamp(plan, t0)
 
 
-def _restamp(plan: PolyPlan, made: PolyPlan, t0: float) -> PolyPlan:
-    """``plan`` with the allocation ``made`` carried (for the tests and ``tvm-poly plan``) and
-    ``planner_seconds`` counting every graph planned."""
+def _restamp(plan: PolyPlan, t0: float) -> PolyPlan:
+    """``plan`` with ``planner_seconds`` counting every graph planned since ``t0``."""
     info = tuple((k, round(time.perf_counter() - t0, 3) if k == "planner_seconds" else v) for k, v in plan.info)
-    out = dataclasses.replace(plan, info=info)
-    for k in ("_allocation", "_kernels"):
-        if hasattr(made, k):
-            object.__setattr__(out, k, getattr(made, k))
-    return out
+    return dataclasses.replace(plan, info=info)
 
 
 def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool, aligned_layouts: bool,
@@ -1233,8 +1232,5 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
                       any(root(t) in cyclic for t in tuple(g.inputs) + (g.output,)) for g in steps):
         # the cyclic layout is not read per row band or sub-batch: plan without it
         return _plan_graph(graph, config, dtype, model, False, aligned_layouts, t0, lean)
-    plan = PolyPlan("poly", dtype, tuple(placements), tuple(steps),
-                    info=tuple(sorted(info.items())), notes=tuple(notes))
-    object.__setattr__(plan, "_allocation", alloc)
-    object.__setattr__(plan, "_kernels", tuple(g.tag for g in groups))  # allocation times index these
-    return plan
+    return PolyPlan("poly", dtype, tuple(placements), tuple(steps), info=tuple(sorted(info.items())),
+                    notes=tuple(notes), _allocation=alloc, _kernels=tuple(g.tag for g in groups))
