@@ -304,6 +304,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     wext = np.zeros((K + 1, C + 1, R, S), np.float32)
     wext[:K, :C] = w
     pairing, wsingle = False, None  # row-pair packing (channel mode, ``pair_rows``)
+    wbufs = 2  # K groups of weights (if any) stream through two buffers; one: see _k_group_size
     diag_blocks = 0  # > 0: depthwise weights stored as their diagonals (channel mode, below)
     if packed:
         # partitions = (c, r, s0) with s = s0 + sw*s1; taps s1 become moving-AP column offsets.
@@ -365,6 +366,9 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         else:
             per_kt = max(int(nz[jk].sum()) for jk in range(KT)) * R * S * Mk * it
             g = max(1, (budget // 2) // max(per_kt, 1))
+            g, wbufs = _k_group_size(g, KT, per_kt, em.sbuf.largest_free(), x.shape, (K, OH, OW), (R, S),
+                                     stride, it, res_in, res_out, any(pad) and not clip, pl + pr,
+                                     em.max_moving_free)
             kgroups = [list(range(i, min(KT, i + g))) for i in range(0, KT, g)]
         wconsts, blk_off, blocks_by_jk = [], {}, {}
         pairing = pair_rows and clip and C in (32, 64) and CT == 1 and groups == 1 and len(kgroups) == 1 \
@@ -466,7 +470,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     # lane_off: the weights sit behind lane_off initialised elements, so block b's stationary is the
     # lane_off + Mk columns ending at its last column; the leading columns (the slack, or the block
     # before) fill PSUM lanes 0..lane_off that are never read
-    wpool = None if kept else em.pool("sbuf", wparts, (wsize + lane_off) * it, cdt, 1 if len(kgroups) == 1 else 2, "conv_w")
+    wpool = None if kept else em.pool("sbuf", wparts, (wsize + lane_off) * it, cdt,
+                                      1 if len(kgroups) == 1 else wbufs, "conv_w")
     em.note(weights="kept" if kept and kept[1] else "slot" if kept else "loaded")
 
     # ---------------------------------------------------------------- bands
@@ -525,7 +530,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     r_total = N * K * OH * OW * it if res_hbm else 0  # the shortcut band: loaded per step
     x_total = x_in_b + r_total
     blockm = None
-    if G > 1 and nbands_all > 1 and not res_in:
+    if G > 1 and nbands_all > 1 and not res_in and wbufs == 2:
         in_b = CT * in_rows(bo) * W * it + (CT * in_rows(bo) * Wp * it if any(pad) and not clip else 0)
         rest_b = band_bytes(bo) - in_b
         fit = [m for m in range(2, nbands_all + 1)
@@ -766,8 +771,8 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     weights_once = G == 1
     # loop order when the weights stream in K groups (see band blocks above): band-outer, band
     # blocks, or group-outer (input x groups; nothing for an SBUF-resident input): the fewest bytes
-    k_outer = blockm is not None
-    if not weights_once and len(bands) > 1 and blockm is None:
+    k_outer = blockm is not None or (not weights_once and wbufs == 1)
+    if not weights_once and len(bands) > 1 and blockm is None and wbufs == 2:
         k_outer = w_total + x_total * G < w_total * len(bands) + x_total
     em.note(loop_order=f"band_blocks_of_{blockm}" if blockm else "k_groups_outer" if k_outer else "bands_outer")
     if blockm:
@@ -781,7 +786,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
     wcur, wnext = None, None
     if weights_once:
         wtiles[0] = load_weights(0)
-    else:
+    elif wbufs == 2:
         wnext = load_weights(steps[0][0])
     nxt = load_band(*bands[steps[0][1]])
     cache = {steps[0][1]: nxt}  # band blocks: the loaded input bands of the current block
@@ -798,7 +803,10 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
                 ot = None if res_out else out_pool.next()
         if k_outer:
             ot = None if res_out else out_pool.next()
-        if not weights_once and gi != wcur:
+        if not weights_once and gi != wcur and wbufs == 1:
+            # one buffer (group-outer): the group loads when the previous one is done with it
+            wtiles[gi], wcur = load_weights(gi), gi
+        elif not weights_once and gi != wcur:
             # K groups stream through two buffers: the group used now was loaded one group
             # ahead; prefetch the next different group of the step order
             wtiles[gi], wcur = wnext, gi
@@ -883,6 +891,70 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
         em.free(cols)
     if stage is not None:
         em.free(stage)
+
+
+def _k_group_size(g2, KT, per_kt, free, xshape, oshape, taps, stride, it, res_in, res_out, padded, pw,
+                  max_moving=512):
+    """(K-tiles per group, weight buffers) for a conv whose weights stream in K groups.
+
+    ``g2`` K-tiles per group through two buffers is the default (the next group loads while the
+    current one computes).  Read in the group-outer order, every group re-reads the whole input
+    (``G = ceil(KT / g)`` passes), so larger groups through ONE buffer (the next group loads
+    after the current one's last matmul: a stall per group, G - 1 in all) can move far fewer
+    bytes: VGG-19's 512-channel 3x3 convs at fp32 on inf1 (73 KB of weights per partition, 64
+    KiB partitions) pass their input 4 times with one K-tile per group, twice with two.
+    Estimated bytes per choice: weights once + input passes (each pass with its bands' halo
+    rows), or for two buffers also the band-outer order (weights per band, input once) and band
+    blocks.  A choice whose bands hold fewer pixels than the default's is not taken: ResNet-50's
+    7x7 1x1 convs at batch 8 would go from whole-image to one-row bands, 7-column matmuls."""
+    N, C, H, W = xshape
+    K, OH, OW = oshape
+    R, S = taps
+    sh = stride[0]
+    P = 128
+    CT, KTo = -(-C // P), KT
+    w_total = KT * per_kt * P
+
+    def passes(f):
+        """(input bytes of one pass over all bands, bands, bands a block holds) with band rows
+        fitting ``f`` (a block: the inputs of m bands stay while every group runs over them)."""
+        def band_in(bo):
+            rows = (bo - 1) * sh + R
+            return (0 if res_in else CT * rows * W * it) + (CT * rows * (W + pw) * it if padded else 0)
+
+        def band(bo):
+            return band_in(bo) + (0 if res_out else KTo * bo * OW * it)
+        if 2 * band(1) > 0.9 * f:
+            return None
+        bo = OH
+        while bo > 1 and 2 * band(bo) > 0.9 * f:
+            bo = -(-bo // 2)
+        nb = -(-OH // bo)
+        rows = min(H, nb * ((bo - 1) * sh + R))
+        ib, rest = band_in(bo), band(bo) - band_in(bo)
+        m = max([k for k in range(2, N * nb + 1) if (k + (k < N * nb)) * ib + 2 * rest <= 0.9 * f] or [1])
+        return (0 if res_in else N * C * rows * W * it), N * nb, m, bo
+
+    best, px0 = None, None
+    for g, bufs in [(g2, 2)] + [(g, 1) for g in range(g2 + 1, KT)]:
+        got = passes(free - bufs * g * per_kt)
+        if got is None:
+            continue
+        x1, nb, m, bo = got
+        # bigger groups leave less room for the bands: not at the price of shorter matmuls (a
+        # band's pixels are a matmul's moving columns, up to max_moving_free)
+        px = min(bo * OW, max_moving)
+        if px0 is None:
+            px0 = px
+        elif px < px0:
+            continue
+        G = -(-KT // g)
+        cost = w_total + x1 * G
+        if bufs == 2:
+            cost = min(cost, w_total * nb + x1, w_total * -(-nb // m) + x1)
+        if best is None or cost < best[0]:
+            best = (cost, g, bufs)
+    return (g2, 2) if best is None else (best[1], best[2])
 
 
 def _clipped(blks, ps, nk, oh0, t0, nr, ow0, nw, full_tap, R, S, sh, sw, pt, pl, H, W):
