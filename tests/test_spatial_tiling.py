@@ -333,3 +333,59 @@ def test_resnet50_inf1_stages_the_block_input_its_two_convs_share():
     read = sum(i.src.nbytes for _, st in cp.program.streams for i in st if isinstance(i, isa.DmaCopy)
                and i.src.mem == isa.Mem.HBM and h.offset <= i.src.offset < h.offset + h.nbytes)
     assert read == h.nbytes  # every byte once, though two kernels read it
+
+
+def _side_exit(H=24, C=32, seed=0):
+    """x -> conv3x3 (t) -> conv1x1 (u) -> conv3x3/2 (v), and t's lattice subsample s = pool 1x1/2
+    (t) read only after them: s is a side exit of the segment t..v (not an input of v), like
+    ResNet-50's subsample beside the next block's first conv."""
+    from tests.codegen_util import GraphBuilder
+    rng = np.random.default_rng(seed)
+    b = GraphBuilder()
+    x = b.input("x", (1, 16, H, H))
+    w1 = b.const("w1", rng.standard_normal((C, 16, 3, 3)).astype(np.float32) * 0.2)
+    w2 = b.const("w2", rng.standard_normal((C, C, 1, 1)).astype(np.float32) * 0.1)
+    w3 = b.const("w3", rng.standard_normal((C, C, 3, 3)).astype(np.float32) * 0.05)
+    w4 = b.const("w4", rng.standard_normal((C, C, 1, 1)).astype(np.float32) * 0.1)
+    t = b.op("conv2d", [x, w1], (1, C, H, H), padding=(1, 1, 1, 1), strides=(1, 1))
+    s = b.op("max_pool2d", [t], (1, C, H // 2, H // 2), pool_size=(1, 1), strides=(2, 2), padding=(0, 0, 0, 0))
+    u = b.op("conv2d", [t, w2], (1, C, H, H), padding=(0, 0, 0, 0), strides=(1, 1))
+    v = b.op("conv2d", [u, w3], (1, C, H // 2, H // 2), padding=(1, 1, 1, 1), strides=(2, 2))
+    sc = b.op("conv2d", [s, w4], (1, C, H // 2, H // 2), padding=(0, 0, 0, 0), strides=(1, 1))
+    return b.build([b.op("add", [v, sc], (1, C, H // 2, H // 2))])
+
+
+def test_side_exit_of_a_band_segment_runs_band_by_band():
+    """A kernel of a row segment that the segment's last kernel does not depend on (a side exit)
+    computes, in each band, the rows its inputs' rows so far allow: it runs in several steps, every
+    row once, each step's window inside the rows its producer keeps, and the producer's band
+    buffer stays smaller than its tensor (before, the exit ran at the last band only and needed
+    the whole tensor: no schedule)."""
+    from tvm_poly.planners.per_op import plan_per_op
+    from tvm_poly.planners.poly import _model_of, model_names
+    from tvm_poly.row_bands import band_schedule, row_maps
+
+    g = _side_exit()
+    tm = g.tensor_map
+    groups = plan_per_op(g, load_config("inf1"), "float32").groups
+    kinds = [gp.kind for gp in groups]
+    assert kinds[:3] == ["conv2d", "pool", "conv2d"], kinds  # t, s (the exit), u
+    pm = _model_of(g, [])
+    maps = row_maps(pm, g, groups, *model_names(g, pm))
+    heights = {gp.output: tm[gp.output].shape[2] for gp in groups}
+    t = groups[0].output
+    H = heights[groups[2].output]
+    sch = band_schedule(0, 3, [(0, 6), (6, 12), (12, 18), (18, H)], groups, maps, heights, {t})
+    assert sch is not None
+    exit_steps = [st for st in sch.steps if st.group == 1]
+    assert len(exit_steps) > 1
+    rows = [r for st in exit_steps for r in range(*st.rows)]
+    assert rows == list(range(heights[groups[1].output]))
+    kept = None
+    for st in sch.steps:
+        if st.group == 0:
+            kept = (st.origin, st.rows[1])
+        elif st.group == 1:
+            ((nm, a, b),) = st.inputs
+            assert nm == t and kept[0] <= a and b <= kept[1], (st, kept)
+    assert dict(sch.cap_rows)[t] < heights[t]

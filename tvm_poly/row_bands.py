@@ -164,6 +164,15 @@ def band_schedule(lo: int, hi: int, bands, groups, maps: dict, heights: dict, in
     out_of = {groups[j].output: j for j in idx}
     if any((c, t) not in maps for c in idx for t in groups[c].inputs if t in out_of):
         return None  # a kernel reads a segment tensor without a row map
+    # kernels the last one depends on are driven backwards from its bands; the others (side
+    # exits: e.g. a lattice subsample of a tensor the segment also convolves) go forward, each
+    # band computing the rows its inputs' rows so far allow
+    driven, todo = set(), [hi - 1]
+    while todo:
+        j = todo.pop()
+        if j not in driven:
+            driven.add(j)
+            todo += [out_of[i] for i in groups[j].inputs if i in out_of and (j, i) in maps]
     done = {j: 0 for j in idx}  # rows computed so far
     origin = {j: 0 for j in idx}
     cap = {groups[j].output: 0 for j in idx if groups[j].output in internal}
@@ -195,6 +204,20 @@ def band_schedule(lo: int, hi: int, bands, groups, maps: dict, heights: dict, in
                         p = out_of[i]
                         want[p] = max(want.get(p, done[p]), b)
                         lo_need[p] = min(lo_need.get(p, a), a)
+        for j in idx:
+            if j in driven or last:
+                continue
+            H = heights[groups[j].output]
+            ins = [(maps[(j, i)], out_of[i]) for i in dict.fromkeys(groups[j].inputs)
+                   if i in out_of and (j, i) in maps]
+            r = done[j]
+            while r < H and all(rm.window(done[j], r + 1)[1] <= want.get(p, done[p]) for rm, p in ins):
+                r += 1
+            if r > done[j]:
+                want[j] = r
+                for rm, p in ins:
+                    a, _ = rm.window(done[j], r)
+                    lo_need[p] = min(lo_need.get(p, a), a)
         s_need = {}  # staged input -> rows [a, b) this band's steps read
         for j in idx:
             if want[j] > done[j]:
