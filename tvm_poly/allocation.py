@@ -134,35 +134,49 @@ def spill_score(b: Buffer, t: int) -> float:
 def allocate(buffers, capacity, size: int, forced_spills=None) -> Allocation:
     """Place ``buffers`` (see module docstring).  ``capacity[t]``: resident bytes per partition
     allowed while kernel ``t`` runs; ``size``: SBUF bytes per partition."""
+    from bisect import bisect_left
+
     al = Allocation(size, tuple(int(c) for c in capacity))
     al.buffers = {b.name: b for b in buffers}
     for n, why in (forced_spills or {}).items():
         al.spilled[n] = why
+    # per buffer, computed once (the planner allocates thousands of variants): aligned bytes and
+    # sorted uses (spill_score's next use)
+    nal = {b.name: _align(b.nbytes) for b in buffers}
+    uses = {b.name: sorted(b.uses) for b in buffers}
+
+    def score(c, t):  # = spill_score(c, t)
+        us = uses[c.name]
+        i = bisect_left(us, t)
+        dist = max(0, (us[i] if i < len(us) else c.end) - t)
+        return (c.save_bytes + c.reload_bytes) / (max(1, nal[c.name] * c.partitions) * (1 + dist))
+
     todo = sorted((b for b in buffers if b.name not in al.spilled),
-                  key=lambda b: (b.start, -_align(b.nbytes), b.name))
+                  key=lambda b: (b.start, -nal[b.name], b.name))
+    slots, bufs, cap = al.slots, al.buffers, al.capacity
     live: list = []  # placed buffers whose lifetime reaches the current start (todo is by start)
     for b in todo:
-        n = _align(b.nbytes)
-        live = [o for o in live if o in al.slots and al.buffers[o].end >= b.start]
+        n = nal[b.name]
+        live = [o for o in live if o in slots and bufs[o].end >= b.start]
+        limit = min(cap[b.start:b.end + 1]) if cap else 0
         while True:
-            limit = min(al.capacity[b.start:b.end + 1]) if al.capacity else 0
-            busy = [al.slots[o] for o in live if o in al.slots]
+            busy = [slots[o] for o in live if o in slots]
             a = _first_fit(busy, n, limit)
             if a is not None:
-                al.slots[b.name] = (a, n)
+                slots[b.name] = (a, n)
                 al.order.append(b.name)
                 live.append(b.name)
                 break
             # does not fit: spill the cheapest of b and the buffers live with it
-            cands = [b] + [al.buffers[o] for o in live if o in al.slots]
+            cands = [b] + [bufs[o] for o in live if o in slots]
             if n > limit:
                 cands = [b]
-            victim = min(cands, key=lambda c: (spill_score(c, b.start), c.name != b.name))
+            victim = min(cands, key=lambda c: (score(c, b.start), c.name != b.name))
             if victim.name == b.name:
                 al.spilled[b.name] = (f"does not fit: {n} B per partition, resident capacity "
                                       f"{limit} B over kernels {b.start}..{b.end}")
                 break
-            del al.slots[victim.name]
+            del slots[victim.name]
             al.order.remove(victim.name)
             al.spilled[victim.name] = f"evicted for {b.name} (cheaper to reload)"
     return al

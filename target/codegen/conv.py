@@ -368,7 +368,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
             g = max(1, (budget // 2) // max(per_kt, 1))
             g, wbufs = _k_group_size(g, KT, per_kt, em.sbuf.largest_free(), x.shape, (K, OH, OW), (R, S),
                                      stride, it, res_in, res_out, any(pad) and not clip, pl + pr,
-                                     em.max_moving_free)
+                                     em.max_moving_free, P)
             kgroups = [list(range(i, min(KT, i + g))) for i in range(0, KT, g)]
         wconsts, blk_off, blocks_by_jk = [], {}, {}
         pairing = pair_rows and clip and C in (32, 64) and CT == 1 and groups == 1 and len(kgroups) == 1 \
@@ -894,7 +894,7 @@ def conv2d(em: Emitter, x: Value, out: Value, weight: np.ndarray, stride, pad, g
 
 
 def _k_group_size(g2, KT, per_kt, free, xshape, oshape, taps, stride, it, res_in, res_out, padded, pw,
-                  max_moving=512):
+                  max_moving=512, P=128):
     """(K-tiles per group, weight buffers) for a conv whose weights stream in K groups.
 
     ``g2`` K-tiles per group through two buffers is the default (the next group loads while the
@@ -911,8 +911,7 @@ def _k_group_size(g2, KT, per_kt, free, xshape, oshape, taps, stride, it, res_in
     K, OH, OW = oshape
     R, S = taps
     sh = stride[0]
-    P = 128
-    CT, KTo = -(-C // P), KT
+    CT = -(-C // P)
     w_total = KT * per_kt * P
 
     def passes(f):
@@ -923,7 +922,7 @@ def _k_group_size(g2, KT, per_kt, free, xshape, oshape, taps, stride, it, res_in
             return (0 if res_in else CT * rows * W * it) + (CT * rows * (W + pw) * it if padded else 0)
 
         def band(bo):
-            return band_in(bo) + (0 if res_out else KTo * bo * OW * it)
+            return band_in(bo) + (0 if res_out else KT * bo * OW * it)
         if 2 * band(1) > 0.9 * f:
             return None
         bo = OH

@@ -531,10 +531,7 @@ def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops,
         cand = None
         lo = b.start
         while lo >= 0 and lo >= b.start - ROW_REACH and ok[lo]:
-            # from the producer and its next kernel on: a segment may end before the target's
-            # last reader (the target still spills, but the readers inside take its rows from
-            # SBUF: ResNet-50's lattice subsample beside the 1x1 conv reading the same tensor)
-            hi = b.start + 2
+            hi = b.end + 1
             while hi <= len(groups) and hi <= b.end + 1 + ROW_REACH and ok[hi - 1]:
                 # a segment already chosen is either outside [lo, hi) or merged into it
                 if all(r[1] <= lo or r[0] >= hi or (lo <= r[0] and r[1] <= hi) for r in rsegs) and \
