@@ -223,6 +223,7 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
     given = plan is not None
     if plan is None:
         plan = get_planner(planner)(graph, cfg, dtype)
+    graph0 = graph
     graph = getattr(plan, "graph", None) or graph  # the graph the planner rewrote, if it did
     cdt = DTYPES[dtype]
     if search is None:
@@ -242,6 +243,17 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         cand = _lower(alt_graph, alt, cfg, cdt, name, options, layouts)
         if cand.end_us < best.end_us - 1e-6 or cand.hbm_bytes < 0.99 * best.hbm_bytes:
             plan, best, graph = alt, cand, alt_graph
+    if search and not given and planner == "poly" and dict(plan.info).get("row_segments"):
+        # row segments that end before a spilled tensor's last reader lower the planned cost but
+        # not always the run's: the plan with them is an alternative, kept by the search's rule
+        from .planners.poly import plan_poly
+        alt = plan_poly(graph0, cfg, dtype, aligned_layouts=bool(dict(plan.info).get("aligned_rows")),
+                        short_segments=True)
+        if alt.groups != plan.groups:
+            alt_graph = alt.graph or graph0
+            cand = _lower(alt_graph, alt, cfg, cdt, name, options, layouts)
+            if _better(cand, best):
+                plan, best, graph = alt, cand, alt_graph
     tried = [(best.options, best.end_us)]
     if search:
         seen = {best.options}

@@ -459,7 +459,7 @@ def _loaded_bytes(elems, shape, it: int) -> int:
 
 
 def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers, root,
-                    outputs, notes):
+                    outputs, notes, short: bool = False):
     """Spatial tiling: while tensors spill, try running a segment of consecutive kernels around the
     largest spilled one in B row bands (``tvm_poly.row_bands``): its intermediates read only
     inside the segment shrink to band buffers, every kernel's weights load B times and HBM inputs
@@ -517,39 +517,46 @@ def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops,
         return band_schedule(lo, hi, list(zip(edges[:-1], edges[1:])), groups, maps, heights, internal,
                              frozenset(staged))
 
-    rsegs, tried = [], set()
-    for _ in range(16):
-        al = best[1]
-        left = [n for n in al.spilled if n not in tried and n in by_name]
-        if not left:
-            break
-        tgt = max(left, key=lambda n: by_name[n].save_bytes + by_name[n].reload_bytes)
-        tried.add(tgt)
-        b = by_name[tgt]
-        if not all(ok[j] for j in range(b.start, b.end + 1)):
-            continue
-        cand = None
-        lo = b.start
-        while lo >= 0 and lo >= b.start - ROW_REACH and ok[lo]:
-            hi = b.end + 1
-            while hi <= len(groups) and hi <= b.end + 1 + ROW_REACH and ok[hi - 1]:
-                # a segment already chosen is either outside [lo, hi) or merged into it
-                if all(r[1] <= lo or r[0] >= hi or (lo <= r[0] and r[1] <= hi) for r in rsegs) and \
-                        all(hi <= s0 or lo >= s1 or (s0 <= lo and hi <= s1) for s0, s1, _ in bsegs):
-                    keep = [r for r in rsegs if r[1] <= lo or r[0] >= hi]
-                    for B in ROW_BANDS:
-                        sch = schedule(lo, hi, B)
-                        if sch is None:
-                            continue
-                        rs = sorted(keep + [(lo, hi, B, sch)], key=lambda r: r[0])
-                        c, al2, bs = variant(best[3], rs)
-                        if c < best[0] and (cand is None or c < cand[0]):
-                            cand = (c, al2, bs, best[3], rs)
-                hi += 1
-            lo -= 1
-        if cand is not None:
-            best = cand
-            rsegs = cand[4]
+    rsegs = []
+    for short_pass in ((False, True) if short else (False,)):
+        # ``short``: after the segments through each spilled tensor's last reader, segments that
+        # end before it (the tensor still spills, but the readers inside take its rows from SBUF:
+        # ResNet-50's lattice subsample beside the 1x1 conv reading the same tensor), tried on
+        # what the first pass left (plan_poly's ``short_segments``)
+        tried = set()
+        for _ in range(16):
+            al = best[1]
+            left = [n for n in al.spilled if n not in tried and n in by_name]
+            if not left:
+                break
+            tgt = max(left, key=lambda n: by_name[n].save_bytes + by_name[n].reload_bytes)
+            tried.add(tgt)
+            b = by_name[tgt]
+            if not all(ok[j] for j in range(b.start, b.end + 1)):
+                continue
+            cand = None
+            lo = b.start
+            top = b.end if short_pass else b.end + 1 + ROW_REACH
+            while lo >= 0 and lo >= b.start - ROW_REACH and ok[lo]:
+                hi = b.start + 2 if short_pass else b.end + 1
+                while hi <= len(groups) and hi <= top and ok[hi - 1]:
+                    # a segment already chosen is either outside [lo, hi) or merged into it
+                    if all(r[1] <= lo or r[0] >= hi or (lo <= r[0] and r[1] <= hi) for r in rsegs) and \
+                            all(hi <= s0 or lo >= s1 or (s0 <= lo and hi <= s1) for s0, s1, _ in bsegs):
+                        keep = [r for r in rsegs if r[1] <= lo or r[0] >= hi]
+                        for B in ROW_BANDS:
+                            sch = schedule(lo, hi, B)
+                            if sch is None:
+                                continue
+                            rs = sorted(keep + [(lo, hi, B, sch)], key=lambda r: r[0])
+                            c, al2, bs = variant(best[3], rs)
+                            if c < best[0] and (cand is None or c < cand[0]):
+                                cand = (c, al2, bs, best[3], rs)
+                    hi += 1
+                lo -= 1
+            if cand is not None:
+                best = cand
+                rsegs = cand[4]
     return best
 
 
@@ -755,7 +762,7 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
 
 
 def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, cyclic_layouts: bool = True,
-              aligned_layouts: bool = True, subsample: bool = True) -> PolyPlan:
+              aligned_layouts: bool = True, subsample: bool = True, short_segments: bool = False) -> PolyPlan:
     """``cyclic_layouts``: concat chains may take the cyclic channel layout (``cyclic_chains``);
     a plan that would read one per row band or sub-batch is made again without.
     ``aligned_layouts``: concats whose inputs the default blocked map cuts at fractional rows
@@ -764,7 +771,11 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
     ``subsample``: readers that need only a stride lattice of a tensor may read a subsampled copy
     of it (``tvm_poly.graph_subsample``); the graph is planned with and without that rewrite and
     the plan of lower planned cost (spill + extra bytes) wins by at least 1% of the floor, else
-    the plan of the graph as given.  The winner's ``graph`` is the rewritten graph."""
+    the plan of the graph as given.  The winner's ``graph`` is the rewritten graph.
+    ``short_segments``: spatial tiling also tries, after its first pass, row segments that end
+    before a spilled tensor's last reader (``_spatial_tiling``); they lower the planned cost but
+    not always the run's (a greedy search given them lands elsewhere), so the driver plans with
+    them as an alternative and keeps the better lowering (``driver._better``)."""
     t0 = time.perf_counter()
     if config is None or not hasattr(config, "sbuf_partitions"):
         from target.config import load_config
@@ -772,9 +783,10 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
     def planned(g, m):
         """The plan of ``g`` with lean scratch estimates, or with the generous ones when they plan
         cheaper (a kernel's bands follow the free range: more room for residents or bigger bands)."""
-        p = _plan_graph(g, config, dtype, m, cyclic_layouts, aligned_layouts, t0)
+        p = _plan_graph(g, config, dtype, m, cyclic_layouts, aligned_layouts, t0, short_segs=short_segments)
         if p.get("planned_cost_bytes", 0) > 0:
-            q = _plan_graph(g, config, dtype, m, cyclic_layouts, aligned_layouts, t0, lean=False)
+            q = _plan_graph(g, config, dtype, m, cyclic_layouts, aligned_layouts, t0, lean=False,
+                            short_segs=short_segments)
             if q.get("planned_cost_bytes") < p.get("planned_cost_bytes"):
                 return dataclasses.replace(q, notes=q.notes + (
                     f"scratch: the generous per-kernel estimates plan cheaper ({q.get('planned_cost_bytes') / 1e6:.1f}"
@@ -811,7 +823,7 @@ def _restamp(plan: PolyPlan, t0: float) -> PolyPlan:
 
 
 def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool, aligned_layouts: bool,
-                t0: float, lean: bool = True) -> PolyPlan:
+                t0: float, lean: bool = True, short_segs: bool = False) -> PolyPlan:
     notes: list = []
     base = plan_per_op(graph, config, dtype)
     # weight loads run ahead of their kernels (next-fit SBUF rotation, in-order DMA queues), so the
@@ -1088,12 +1100,12 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
         lo = best[3][-1][1]
     if best[1].spilled and pm is not None:
         best = _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers,
-                               root, outputs, notes)
+                               root, outputs, notes, short_segs)
     if best[3] and untiled[1].spilled and pm is not None:
         # spatial tiling instead of batch tiling (whole batch per band: weights per band, not per
         # sub-batch); the cheaper of the two wins
         alt = _spatial_tiling(untiled, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers,
-                              root, outputs, notes)
+                              root, outputs, notes, short_segs)
         if alt[0] < best[0]:
             best = alt
     if N > 1 and not best[3] and sep and best[1].spilled and pm is not None:
@@ -1110,7 +1122,7 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
             for hi in cuts:
                 c, al, bs = variant([(0, hi, k)])
                 alt = _spatial_tiling((c, al, bs, [(0, hi, k)], []), variant, graph, groups, buffers, pm, arrays,
-                                      node_ops, members, readers, root, outputs, notes)
+                                      node_ops, members, readers, root, outputs, notes, short_segs)
                 if alt[0] < best[0]:
                     best = alt
     cut = best[3][-1][1] if best[3] else 0
@@ -1231,6 +1243,6 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
     if cyclic and any((g.param("rows") is not None or g.param("images")) and
                       any(root(t) in cyclic for t in tuple(g.inputs) + (g.output,)) for g in steps):
         # the cyclic layout is not read per row band or sub-batch: plan without it
-        return _plan_graph(graph, config, dtype, model, False, aligned_layouts, t0, lean)
+        return _plan_graph(graph, config, dtype, model, False, aligned_layouts, t0, lean, short_segs)
     return PolyPlan("poly", dtype, tuple(placements), tuple(steps), info=tuple(sorted(info.items())),
                     notes=tuple(notes), _allocation=alloc, _kernels=tuple(g.tag for g in groups))
