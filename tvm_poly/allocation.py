@@ -19,7 +19,9 @@ whole life, and the new buffer is retried.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from functools import cached_property
 
 ALIGN = 64
 
@@ -45,11 +47,15 @@ class Buffer:
     def overlaps(self, o: "Buffer") -> bool:
         return self.start <= o.end and o.start <= self.end
 
+    @cached_property
+    def _sorted_uses(self) -> tuple:  # (a frozen dataclass may cache: __dict__, not a field)
+        return tuple(sorted(self.uses))
+
     def next_use(self, t: int) -> int:
-        for u in sorted(self.uses):
-            if u >= t:
-                return u
-        return self.end
+        """The first use at or after ``t`` (else the end of its life)."""
+        us = self._sorted_uses
+        i = bisect_left(us, t)
+        return us[i] if i < len(us) else self.end
 
 
 @dataclass
@@ -134,23 +140,11 @@ def spill_score(b: Buffer, t: int) -> float:
 def allocate(buffers, capacity, size: int, forced_spills=None) -> Allocation:
     """Place ``buffers`` (see module docstring).  ``capacity[t]``: resident bytes per partition
     allowed while kernel ``t`` runs; ``size``: SBUF bytes per partition."""
-    from bisect import bisect_left
-
     al = Allocation(size, tuple(int(c) for c in capacity))
     al.buffers = {b.name: b for b in buffers}
     for n, why in (forced_spills or {}).items():
         al.spilled[n] = why
-    # per buffer, computed once (the planner allocates thousands of variants): aligned bytes and
-    # sorted uses (spill_score's next use)
-    nal = {b.name: _align(b.nbytes) for b in buffers}
-    uses = {b.name: sorted(b.uses) for b in buffers}
-
-    def score(c, t):  # = spill_score(c, t)
-        us = uses[c.name]
-        i = bisect_left(us, t)
-        dist = max(0, (us[i] if i < len(us) else c.end) - t)
-        return (c.save_bytes + c.reload_bytes) / (max(1, nal[c.name] * c.partitions) * (1 + dist))
-
+    nal = {b.name: _align(b.nbytes) for b in buffers}  # once per buffer: the planner allocates thousands of variants
     todo = sorted((b for b in buffers if b.name not in al.spilled),
                   key=lambda b: (b.start, -nal[b.name], b.name))
     slots, bufs, cap = al.slots, al.buffers, al.capacity
@@ -171,7 +165,7 @@ def allocate(buffers, capacity, size: int, forced_spills=None) -> Allocation:
             cands = [b] + [bufs[o] for o in live if o in slots]
             if n > limit:
                 cands = [b]
-            victim = min(cands, key=lambda c: (score(c, b.start), c.name != b.name))
+            victim = min(cands, key=lambda c: (spill_score(c, b.start), c.name != b.name))
             if victim.name == b.name:
                 al.spilled[b.name] = (f"does not fit: {n} B per partition, resident capacity "
                                       f"{limit} B over kernels {b.start}..{b.end}")
