@@ -16,9 +16,19 @@ and prints:
   lost time);
 * per kernel: first and last compute instruction and the DMA span of its tag.
 
-``--free-concat-copies`` is a what-if: the on-chip (SBUF->SBUF) copies of concat kernels cost
-nothing in the cost model (both the emitter's clock and the simulator), i.e. the latency a
-layout that never copies a concat input would reach (notes/planner.md, session 7).
+* DMA idle time: per queue, the gaps between its transfers by what the transfer after the gap
+  waited for (the semaphore wait that delayed it: e.g. a matmul still reading the buffer it
+  overwrites = capacity), and the time after the queue's last transfer.
+
+What-ifs (the cost model changed for both the emitter's clock and the simulator, so the lowering
+search sees the same costs):
+
+* ``--free-concat-copies``: the on-chip (SBUF->SBUF) copies of concat kernels cost nothing, i.e.
+  the latency a layout that never copies a concat input would reach (notes/planner.md, session 7);
+* ``--trigger-latency-scale F``: every DMA's fixed trigger latency (config ``dma.latency_us``)
+  times F (0: transfers cost only their bytes);
+* ``--free-kernel TAG`` (repeatable): the DMAs of kernel TAG (e.g. ResNet-50's stem ``lv``) cost
+  nothing.
 """
 from __future__ import annotations
 
@@ -40,7 +50,8 @@ def trace_events(model, config, dtype, batch, planner):
     trace = cp._last.trace
     names = {e["tid"]: e["args"]["name"] for e in trace if e.get("name") == "thread_name"}
     ev = [dict(e, engine=names[e["tid"]]) for e in trace if e.get("ph") == "X"]
-    return rep, ev
+    flows = [e for e in trace if e.get("cat") == "semaphore" and e.get("ph") in ("s", "f")]
+    return rep, ev, flows
 
 
 def main(argv=None) -> int:
@@ -54,7 +65,25 @@ def main(argv=None) -> int:
     ap.add_argument("--gaps", type=float, default=0.5, help="report Tensor-engine gaps longer than this (us)")
     ap.add_argument("--free-concat-copies", action="store_true",
                     help="what-if: concat kernels' SBUF->SBUF copies cost nothing")
+    ap.add_argument("--trigger-latency-scale", type=float, default=None, metavar="F",
+                    help="what-if: each DMA's trigger latency times F")
+    ap.add_argument("--free-kernel", action="append", default=[], metavar="TAG",
+                    help="what-if: the DMAs of kernel TAG cost nothing (repeatable)")
     a = ap.parse_args(argv)
+    if a.trigger_latency_scale is not None or a.free_kernel:
+        from target import cost
+        base = cost.dma_ticks
+        scale, free = a.trigger_latency_scale, set(a.free_kernel)
+
+        def what_if(ins, cfg):
+            if ins.tag.split(":")[0] in free:
+                return 1
+            t = base(ins, cfg)
+            if scale is not None:
+                lat = int(round(cfg.dma_latency_us * 1e-6 * cfg.tick_khz * 1000))
+                t = max(1, t - lat + int(round(lat * scale)))
+            return t
+        cost.dma_ticks = what_if
     if a.free_concat_copies:
         from target import cost, isa
         ticks = cost.dma_ticks
@@ -65,7 +94,7 @@ def main(argv=None) -> int:
             return ticks(ins, cfg)
         cost.dma_ticks = free_concat
 
-    rep, ev = trace_events(a.model, a.config, a.dtype, a.batch, a.planner)
+    rep, ev, flows = trace_events(a.model, a.config, a.dtype, a.batch, a.planner)
     print(f"{a.model} b{a.batch} {a.dtype} {a.config} {a.planner}: {rep.latency_us:.1f} us, "
           f"HBM {(rep.hbm_read_bytes + rep.hbm_write_bytes) / 1e6:.2f} MB, {rep.num_instructions} instructions")
     queues = sorted({e["engine"] for e in ev if e["engine"].startswith("dma")}, key=lambda q: int(q[3:]))
@@ -126,6 +155,33 @@ def main(argv=None) -> int:
     if fin:
         print(f"queues finish between {fin[0][0]:.1f} and {fin[-1][0]:.1f} us: "
               + ", ".join(f"{q} {t:.1f}" for t, q in fin))
+
+    # ---- DMA idle time by what ended it
+    ev_at = {(e["tid"], round(e["ts"], 4)): e for e in ev}
+    starts = {f["id"]: f for f in flows if f["ph"] == "s"}
+    delayed_by = collections.defaultdict(list)  # DMA event -> events whose signal released it
+    for f in flows:
+        if f["ph"] == "f" and f["id"] in starts:
+            s = starts[f["id"]]
+            src = ev_at.get((s["tid"], round(s["ts"], 4)))
+            if src is not None:
+                delayed_by[(f["tid"], round(f["ts"], 4))].append(src)
+    idle = collections.Counter()
+    for q in queues:
+        t = 0.0
+        for e in sorted((e for e in ev if e["engine"] == q), key=lambda e: e["ts"]):
+            if e["ts"] - t > 1e-3:
+                srcs = delayed_by.get((e["tid"], round(e["ts"], 4)), [])
+                why = ", ".join(sorted({f"{'dma' if s['engine'].startswith('dma') else s['engine']} "
+                                        f"{s['name']}" for s in srcs})) or "(no wait: issue order)"
+                idle[(e["name"], why)] += e["ts"] - t
+            t = e["ts"] + e["dur"]
+        idle[("after the queue's last transfer", "")] += rep.latency_us - t
+    print(f"\nDMA idle per queue: {sum(idle.values()) / nq:.1f} us; largest causes "
+          f"(transfer after the gap <- what released it):")
+    for (what, why), v in idle.most_common(12):
+        if v / nq >= 0.05:
+            print(f"  {v / nq:6.2f} us  {what}" + (f"  <- {why}" if why else ""))
 
     # ---- per kernel spans
     span, dspan = {}, {}

@@ -86,17 +86,31 @@ def test_latency_profile_script(capsys):
     import runpy
     import sys
 
+    from target import cost
+
     path = os.path.join(os.path.dirname(__file__), "..", "scripts", "latency_profile.py")
-    argv, sys.argv = sys.argv, ["latency_profile.py", "squeezenet", "--bucket", "50"]
-    try:
-        with pytest.raises(SystemExit) as e:
-            runpy.run_path(path, run_name="__main__")
-    finally:
-        sys.argv = argv
-    assert e.value.code == 0
-    out = capsys.readouterr().out
-    lat = float(re.search(r": ([\d.]+) us, HBM", out).group(1))
-    work = float(re.search(r"DMA work: summed queue busy time / \d+ = ([\d.]+) us", out).group(1))
-    last = float(re.search(r"queues finish between [\d.]+ and ([\d.]+) us", out).group(1))
-    assert 0 < work <= lat and last <= lat + 1e-6
-    assert "Tensor-engine gaps" in out and "per kernel" in out
+
+    def profile(*extra):
+        argv, sys.argv = sys.argv, ["latency_profile.py", "squeezenet", "--bucket", "50", *extra]
+        ticks = cost.dma_ticks
+        try:
+            with pytest.raises(SystemExit) as e:
+                runpy.run_path(path, run_name="__main__")
+        finally:
+            sys.argv = argv
+            cost.dma_ticks = ticks  # a what-if patches the cost model
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        lat = float(re.search(r": ([\d.]+) us, HBM", out).group(1))
+        work = float(re.search(r"DMA work: summed queue busy time / \d+ = ([\d.]+) us", out).group(1))
+        last = float(re.search(r"queues finish between [\d.]+ and ([\d.]+) us", out).group(1))
+        idle = float(re.search(r"DMA idle per queue: ([\d.]+) us", out).group(1))
+        assert 0 < work <= lat and last <= lat + 1e-6
+        assert abs(work + idle - lat) < 0.5  # every queue is busy or idle for the whole run
+        assert "Tensor-engine gaps" in out and "per kernel" in out
+        return lat, work
+
+    lat, work = profile()
+    # what-if: no trigger latency -- less DMA work by about one latency per transfer
+    lat0, work0 = profile("--trigger-latency-scale", "0")
+    assert work0 < work - 1.0 and lat0 < lat
