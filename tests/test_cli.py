@@ -186,6 +186,12 @@ def test_plan_subcommand_light_model_and_bad_name(capsys):
     assert cli.main(["plan", "squeezenet", "--dtype", "bfloat16"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("plan by poly (bfloat16):") and "resident" in out
+    # the planner's first plan without lowering: the same plan here (no alternative is lowered)
+    assert cli.main(["plan", "squeezenet", "--dtype", "bfloat16", "--planner-only"]) == 0
+    first = capsys.readouterr().out
+    def lines(text):  # (the planner's own time differs between runs)
+        return [ln for ln in text.splitlines() if "compulsory traffic" not in ln]
+    assert lines(first) == lines(out) and "plans the compiler lowered" not in out
     assert cli.main(["plan", "no_such_model"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown light model 'no_such_model'" in err and len(err.splitlines()) == 1

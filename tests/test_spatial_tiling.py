@@ -408,6 +408,7 @@ def test_resnet50_inf1_fp32_keeps_the_short_segment_plan_by_the_search_rule():
     cp = compile_graph(g, cfg, planner="poly", dtype="float32")
     classic = plan_poly(g, cfg, "float32")
     assert cp.plan.groups != classic.groups  # the short-segment plan won
+    assert [(a[0], a[3]) for a in cp.alternatives] == [("first plan", False), ("short row segments", True)]
     assert cp.plan.get("planned_cost_bytes") < classic.get("planned_cost_bytes")
     ks = cp.plan._kernels
     j = next(i for i, k in enumerate(ks) if k.split(":")[0].endswith("_sub2"))

@@ -39,6 +39,9 @@ class CompiledProgram:
     schedule: tuple = ()  # (kernel tag, ((choice, value), ...)): tiling chosen by the codegen
     options: object = None  # the LowerOptions the program was lowered with
     search: tuple = ()  # (LowerOptions, estimated end in us) of every lowering tried, in order
+    # (name, estimated end in us, HBM bytes, kept) of each alternative plan the driver lowered
+    # beside the planner's first plan ("first plan" itself comes first)
+    alternatives: tuple = ()
 
     def schedule_text(self) -> str:
         """The codegen's per-kernel schedule choices, one line per kernel."""
@@ -233,6 +236,15 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
     if options.weight_pack:  # packs are built from the layouts of a lowering without them
         layouts = _lower(graph, plan, cfg, cdt, name, replace(options, weight_pack=0)).layouts
     best = _lower(graph, plan, cfg, cdt, name, options, layouts)
+    alternatives = [["first plan", best.end_us, best.hbm_bytes, True]]
+
+    def keep(label, cand, won):
+        if won:
+            for a in alternatives:
+                a[3] = False
+        alternatives.append([label, cand.end_us, cand.hbm_bytes, won])
+        return won
+
     if search and not given and planner == "poly" and dict(plan.info).get("aligned_rows"):
         # the concat layouts on whole rows trade cheaper copies for contractions over fewer
         # partitions (and their spills may differ): the plan without them is lowered too, and it
@@ -241,7 +253,8 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         alt = plan_poly(graph, cfg, dtype, aligned_layouts=False)
         alt_graph = alt.graph or graph  # (its own choice of lattice copies)
         cand = _lower(alt_graph, alt, cfg, cdt, name, options, layouts)
-        if cand.end_us < best.end_us - 1e-6 or cand.hbm_bytes < 0.99 * best.hbm_bytes:
+        if keep("concat layouts not on whole rows", cand,
+                cand.end_us < best.end_us - 1e-6 or cand.hbm_bytes < 0.99 * best.hbm_bytes):
             plan, best, graph = alt, cand, alt_graph
     if search and not given and planner == "poly" and dict(plan.info).get("row_segments"):
         # row segments that end before a spilled tensor's last reader lower the planned cost but
@@ -252,7 +265,7 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         if alt.groups != plan.groups:
             alt_graph = alt.graph or graph0
             cand = _lower(alt_graph, alt, cfg, cdt, name, options, layouts)
-            if _better(cand, best):
+            if keep("short row segments", cand, _better(cand, best)):
                 plan, best, graph = alt, cand, alt_graph
     tried = [(best.options, best.end_us)]
     if search:
@@ -275,7 +288,7 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
     ctx = best.ctx
     return CompiledProgram(best.program, ctx.constants, tuple(ctx.inputs), tuple(ctx.outputs), plan, cfg,
                            dtype, time.perf_counter() - t0, tuple(ctx.runtime_weights), best.schedule,
-                           best.options, tuple(tried))
+                           best.options, tuple(tried), tuple(tuple(a) for a in alternatives))
 
 
 @dataclass(frozen=True, eq=False)

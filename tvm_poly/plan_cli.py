@@ -4,6 +4,11 @@ Prints the memory plan: per operator group (kernel) what it reads (resident in S
 from HBM, with bytes), what it writes (resident, or stored to HBM), which tensors were spilled and
 why, and the SBUF map at the peak with the buffers live there.  Tensors that could not be kept
 on chip are named with the reason (capacity: the buffers live at that point).
+
+The plan printed is the one the compiler keeps: for the poly planner the driver may lower
+alternative plans beside the planner's first one and keep the better program
+(``driver.compile_graph``); the last lines say which were tried.  ``--planner-only`` prints the
+planner's first plan without lowering anything (faster).
 """
 from __future__ import annotations
 
@@ -141,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--planner", default="poly")
+    ap.add_argument("--planner-only", action="store_true",
+                    help="the planner's first plan, without the compiler's alternatives (no lowering)")
     a = ap.parse_args(argv)
     try:
         from target.config import load_config
@@ -152,11 +159,25 @@ def main(argv=None) -> int:
 
         cfg = load_config(_config_of(a.target))
         g = graph_from_relax(load_onnx(model_path(a.model), batch=a.batch))
-        plan = get_planner(a.planner)(g, cfg, a.dtype)
+        alternatives = ()
+        if a.planner_only:
+            plan = get_planner(a.planner)(g, cfg, a.dtype)
+        else:
+            import warnings
+
+            from .driver import compile_graph
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cp = compile_graph(g, cfg, planner=a.planner, dtype=a.dtype)
+            plan, alternatives = cp.plan, cp.alternatives
     except Exception as e:  # noqa: BLE001 - one-line error for the CLI
         print(f"tvm-poly plan: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     print(format_plan(getattr(plan, "graph", None) or g, plan, dtype_bytes(a.dtype)))
+    if len(alternatives) > 1:
+        print("plans the compiler lowered (estimated end, HBM bytes; the kept one is printed above):")
+        for label, end_us, hbm, kept in alternatives:
+            print(f"    {label:34s} {end_us:10.1f} us {hbm / 1e6:9.2f} MB" + ("  <- kept" if kept else ""))
     return 0
 
 
