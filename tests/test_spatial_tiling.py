@@ -409,6 +409,11 @@ def test_resnet50_inf1_fp32_keeps_the_short_segment_plan_by_the_search_rule():
     classic = plan_poly(g, cfg, "float32")
     assert cp.plan.groups != classic.groups  # the short-segment plan won
     assert [(a[0], a[3]) for a in cp.alternatives] == [("first plan", False), ("short row segments", True)]
+    # one planning gives both plans (the driver's way): each the plan of its separate call
+    first, short = plan_poly(g, cfg, "float32", short_segments="both")
+    alone = plan_poly(g, cfg, "float32", short_segments=True)
+    assert first.groups == classic.groups and first.tensors == classic.tensors
+    assert short.groups == alone.groups == cp.plan.groups and short.tensors == alone.tensors
     assert cp.plan.get("planned_cost_bytes") < classic.get("planned_cost_bytes")
     ks = cp.plan._kernels
     j = next(i for i, k in enumerate(ks) if k.split(":")[0].endswith("_sub2"))

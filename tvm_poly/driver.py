@@ -224,13 +224,16 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         raise OptionError(f"unknown dtype {dtype!r}; expected float32 or bfloat16")
     cfg = load_config(config) if not hasattr(config, "sbuf_partitions") else config
     given = plan is not None
-    if plan is None:
+    if search is None:
+        search = options is None and planner == "poly"
+    short_alt = None  # the plan with short row segments, planned with the first (plan_poly "auto")
+    if plan is None and search and planner == "poly" and get_planner(planner) is _plan_poly():
+        plan, short_alt = _plan_poly()(graph, cfg, dtype, short_segments="auto")
+    elif plan is None:
         plan = get_planner(planner)(graph, cfg, dtype)
     graph0 = graph
     graph = getattr(plan, "graph", None) or graph  # the graph the planner rewrote, if it did
     cdt = DTYPES[dtype]
-    if search is None:
-        search = options is None and planner == "poly"
     options = options or LowerOptions()
     layouts = None
     if options.weight_pack:  # packs are built from the layouts of a lowering without them
@@ -249,19 +252,22 @@ def compile_graph(graph: OpGraph, config="inf2", planner: str = "per-op", dtype:
         # the concat layouts on whole rows trade cheaper copies for contractions over fewer
         # partitions (and their spills may differ): the plan without them is lowered too, and it
         # wins with an earlier end or with 1% fewer HBM bytes (the planner's first measure)
-        from .planners.poly import plan_poly
-        alt = plan_poly(graph, cfg, dtype, aligned_layouts=False)
+        # (with its short-segment variant when that is the one the short alternative below would
+        # plan: the graph as given, not rewritten by the first plan)
+        if graph is graph0:
+            alt, alt_short = _plan_poly()(graph, cfg, dtype, aligned_layouts=False, short_segments="both")
+        else:
+            alt, alt_short = _plan_poly()(graph, cfg, dtype, aligned_layouts=False), None
         alt_graph = alt.graph or graph  # (its own choice of lattice copies)
         cand = _lower(alt_graph, alt, cfg, cdt, name, options, layouts)
         if keep("concat layouts not on whole rows", cand,
                 cand.end_us < best.end_us - 1e-6 or cand.hbm_bytes < 0.99 * best.hbm_bytes):
-            plan, best, graph = alt, cand, alt_graph
+            plan, best, graph, short_alt = alt, cand, alt_graph, alt_short
     if search and not given and planner == "poly" and dict(plan.info).get("row_segments"):
         # row segments that end before a spilled tensor's last reader lower the planned cost but
         # not always the run's: the plan with them is an alternative, kept by the search's rule
-        from .planners.poly import plan_poly
-        alt = plan_poly(graph0, cfg, dtype, aligned_layouts=bool(dict(plan.info).get("aligned_rows")),
-                        short_segments=True)
+        alt = short_alt if short_alt is not None else _plan_poly()(
+            graph0, cfg, dtype, aligned_layouts=bool(dict(plan.info).get("aligned_rows")), short_segments=True)
         if alt.groups != plan.groups:
             alt_graph = alt.graph or graph0
             cand = _lower(alt_graph, alt, cfg, cdt, name, options, layouts)
@@ -362,6 +368,11 @@ def _lower(graph: OpGraph, plan: Plan, cfg, cdt: str, name, options, layouts=Non
         em.consulted.add("weight_pack")  # some kernels could share a pack
     return _Lowering(options, em.estimated_end_us(), program, ctx, schedule, frozenset(em.consulted),
                      dict(em.weight_layouts), _hbm_bytes(program))
+
+
+def _plan_poly():
+    from .planners.poly import plan_poly
+    return plan_poly
 
 
 def _better(cand: "_Lowering", best: "_Lowering") -> bool:

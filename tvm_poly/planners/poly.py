@@ -459,11 +459,15 @@ def _loaded_bytes(elems, shape, it: int) -> int:
 
 
 def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers, root,
-                    outputs, notes, short: bool = False):
+                    outputs, notes, short_pass: bool = False):
     """Spatial tiling: while tensors spill, try running a segment of consecutive kernels around the
     largest spilled one in B row bands (``tvm_poly.row_bands``): its intermediates read only
     inside the segment shrink to band buffers, every kernel's weights load B times and HBM inputs
-    re-read their halo rows.  Keep the (segment, B) that lowers spill + extra bytes the most."""
+    re-read their halo rows.  Keep the (segment, B) that lowers spill + extra bytes the most.
+    ``short_pass``: the second pass (plan_poly's ``short_segments``), run on what the first left:
+    segments that END BEFORE a spilled tensor's last reader (the tensor still spills, but the
+    readers inside take its rows from SBUF: ResNet-50's lattice subsample beside the 1x1 conv
+    reading the same tensor)."""
     from tvm_poly.row_bands import SPATIAL_KINDS, band_schedule, row_maps
 
     tm = graph.tensor_map
@@ -517,47 +521,49 @@ def _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops,
         return band_schedule(lo, hi, list(zip(edges[:-1], edges[1:])), groups, maps, heights, internal,
                              frozenset(staged))
 
-    rsegs = []
-    for short_pass in ((False, True) if short else (False,)):
-        # ``short``: after the segments through each spilled tensor's last reader, segments that
-        # end before it (the tensor still spills, but the readers inside take its rows from SBUF:
-        # ResNet-50's lattice subsample beside the 1x1 conv reading the same tensor), tried on
-        # what the first pass left (plan_poly's ``short_segments``)
-        tried = set()
-        for _ in range(16):
-            al = best[1]
-            left = [n for n in al.spilled if n not in tried and n in by_name]
-            if not left:
-                break
-            tgt = max(left, key=lambda n: by_name[n].save_bytes + by_name[n].reload_bytes)
-            tried.add(tgt)
-            b = by_name[tgt]
-            if not all(ok[j] for j in range(b.start, b.end + 1)):
-                continue
-            cand = None
-            lo = b.start
-            top = b.end if short_pass else b.end + 1 + ROW_REACH
-            while lo >= 0 and lo >= b.start - ROW_REACH and ok[lo]:
-                hi = b.start + 2 if short_pass else b.end + 1
-                while hi <= len(groups) and hi <= top and ok[hi - 1]:
-                    # a segment already chosen is either outside [lo, hi) or merged into it
-                    if all(r[1] <= lo or r[0] >= hi or (lo <= r[0] and r[1] <= hi) for r in rsegs) and \
-                            all(hi <= s0 or lo >= s1 or (s0 <= lo and hi <= s1) for s0, s1, _ in bsegs):
-                        keep = [r for r in rsegs if r[1] <= lo or r[0] >= hi]
-                        for B in ROW_BANDS:
-                            sch = schedule(lo, hi, B)
-                            if sch is None:
-                                continue
-                            rs = sorted(keep + [(lo, hi, B, sch)], key=lambda r: r[0])
-                            c, al2, bs = variant(best[3], rs)
-                            if c < best[0] and (cand is None or c < cand[0]):
-                                cand = (c, al2, bs, best[3], rs)
-                    hi += 1
-                lo -= 1
-            if cand is not None:
-                best = cand
-                rsegs = cand[4]
+    rsegs = list(best[4])
+    tried = set()
+    for _ in range(16):
+        al = best[1]
+        left = [n for n in al.spilled if n not in tried and n in by_name]
+        if not left:
+            break
+        tgt = max(left, key=lambda n: by_name[n].save_bytes + by_name[n].reload_bytes)
+        tried.add(tgt)
+        b = by_name[tgt]
+        if not all(ok[j] for j in range(b.start, b.end + 1)):
+            continue
+        cand = None
+        lo = b.start
+        top = b.end if short_pass else b.end + 1 + ROW_REACH
+        while lo >= 0 and lo >= b.start - ROW_REACH and ok[lo]:
+            hi = b.start + 2 if short_pass else b.end + 1
+            while hi <= len(groups) and hi <= top and ok[hi - 1]:
+                # a segment already chosen is either outside [lo, hi) or merged into it
+                if all(r[1] <= lo or r[0] >= hi or (lo <= r[0] and r[1] <= hi) for r in rsegs) and \
+                        all(hi <= s0 or lo >= s1 or (s0 <= lo and hi <= s1) for s0, s1, _ in bsegs):
+                    keep = [r for r in rsegs if r[1] <= lo or r[0] >= hi]
+                    for B in ROW_BANDS:
+                        sch = schedule(lo, hi, B)
+                        if sch is None:
+                            continue
+                        rs = sorted(keep + [(lo, hi, B, sch)], key=lambda r: r[0])
+                        c, al2, bs = variant(best[3], rs)
+                        if c < best[0] and (cand is None or c < cand[0]):
+                            cand = (c, al2, bs, best[3], rs)
+                hi += 1
+            lo -= 1
+        if cand is not None:
+            best = cand
+            rsegs = cand[4]
     return best
+
+
+def _copy_allocation(al):
+    """An allocation that can be edited without touching ``al`` (plans of several search results
+    may share one)."""
+    return dataclasses.replace(al, slots=dict(al.slots), buffers=dict(al.buffers), spilled=dict(al.spilled),
+                               order=list(al.order))
 
 
 def _with_param(g, kv):
@@ -762,7 +768,7 @@ def _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, not
 
 
 def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, cyclic_layouts: bool = True,
-              aligned_layouts: bool = True, subsample: bool = True, short_segments: bool = False) -> PolyPlan:
+              aligned_layouts: bool = True, subsample: bool = True, short_segments=False):
     """``cyclic_layouts``: concat chains may take the cyclic channel layout (``cyclic_chains``);
     a plan that would read one per row band or sub-batch is made again without.
     ``aligned_layouts``: concats whose inputs the default blocked map cuts at fractional rows
@@ -775,27 +781,41 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
     ``short_segments``: spatial tiling also tries, after its first pass, row segments that end
     before a spilled tensor's last reader (``_spatial_tiling``); they lower the planned cost but
     not always the run's (a greedy search given them lands elsewhere), so the driver plans with
-    them as an alternative and keeps the better lowering (``driver._better``)."""
+    them as an alternative and keeps the better lowering (``driver._better``).  ``"both"``: the
+    pair (plan without them, plan with them) from one planning -- each the plan the separate
+    calls give, the short passes starting from the first passes' results; ``"auto"``: the same
+    pair, but (plan, None) when concats take aligned layouts (the driver's concat alternative
+    decides which plan the short segments would start from)."""
     t0 = time.perf_counter()
     if config is None or not hasattr(config, "sbuf_partitions"):
         from target.config import load_config
         config = load_config(config or "inf2")
+    both = short_segments in ("both", "auto")
+
     def planned(g, m):
         """The plan of ``g`` with lean scratch estimates, or with the generous ones when they plan
-        cheaper (a kernel's bands follow the free range: more room for residents or bigger bands)."""
-        p = _plan_graph(g, config, dtype, m, cyclic_layouts, aligned_layouts, t0, short_segs=short_segments)
-        if p.get("planned_cost_bytes", 0) > 0:
-            q = _plan_graph(g, config, dtype, m, cyclic_layouts, aligned_layouts, t0, lean=False,
-                            short_segs=short_segments)
-            if q.get("planned_cost_bytes") < p.get("planned_cost_bytes"):
-                return dataclasses.replace(q, notes=q.notes + (
-                    f"scratch: the generous per-kernel estimates plan cheaper ({q.get('planned_cost_bytes') / 1e6:.1f}"
-                    f" vs {p.get('planned_cost_bytes') / 1e6:.1f} MB planned extra)",))
-        return p
+        cheaper (a kernel's bands follow the free range: more room for residents or bigger bands);
+        per flavour (a pair with ``short_segments="both"``)."""
+        ps = _plan_graph(g, config, dtype, m, cyclic_layouts, aligned_layouts, t0, short_segs=short_segments)
+        ps = ps if both else (ps,)
+        if any(p is not None and p.get("planned_cost_bytes", 0) > 0 for p in ps):
+            qs = _plan_graph(g, config, dtype, m, cyclic_layouts, aligned_layouts, t0, lean=False,
+                             short_segs=short_segments)
+            qs = qs if both else (qs,)
+            ps = tuple(None if p is None or q is None else dataclasses.replace(q, notes=q.notes + (
+                f"scratch: the generous per-kernel estimates plan cheaper ({q.get('planned_cost_bytes') / 1e6:.1f}"
+                f" vs {p.get('planned_cost_bytes') / 1e6:.1f} MB planned extra)",))
+                if p.get("planned_cost_bytes", 0) > 0 and q.get("planned_cost_bytes") < p.get("planned_cost_bytes")
+                else p for p, q in zip(ps, qs))
+        return ps
 
-    plan = planned(graph, model)
-    if not subsample or plan.get("planned_cost_bytes", 0) <= 0:
-        return _restamp(plan, t0)
+    def result(ps):
+        ps = tuple(None if p is None else _restamp(p, t0) for p in ps)
+        return ps if both else ps[0]
+
+    plans = planned(graph, model)
+    if not subsample or all(p is None or p.get("planned_cost_bytes", 0) <= 0 for p in plans):
+        return result(plans)
     from tvm_poly.graph_subsample import subsample_lattice_reads
 
     pm = model if model is not None else _model_of(graph, [])
@@ -803,17 +823,24 @@ def plan_poly(graph: OpGraph, config=None, dtype: str = "float32", model=None, c
     try:
         sub = subsample_lattice_reads(graph, pm, arrays, node_ops)
     except Exception:  # noqa: BLE001 - the rewrite is an option: without it the plan stands
-        return _restamp(plan, t0)
+        return result(plans)
     if sub is graph:
-        return _restamp(plan, t0)
-    alt = planned(sub, None)
-    if alt.get("planned_cost_bytes") < plan.get("planned_cost_bytes") - 0.01 * plan.get("compulsory_bytes"):
-        new = [n.name for n in sub.nodes if n.name not in {m.name for m in graph.nodes}]
-        note = (f"lattice reads: {', '.join(new)} subsample for the stride-s 1x1 convs that read only "
-                f"them (planned extra bytes {plan.get('planned_cost_bytes') / 1e6:.1f} -> "
-                f"{alt.get('planned_cost_bytes') / 1e6:.1f} MB)")
-        return _restamp(dataclasses.replace(alt, graph=sub, notes=alt.notes + (note,)), t0)
-    return _restamp(plan, t0)
+        return result(plans)
+    alts = planned(sub, None)
+    new = [n.name for n in sub.nodes if n.name not in {m.name for m in graph.nodes}]
+    out = []
+    for plan, alt in zip(plans, alts):
+        if plan is None or alt is None:  # ("auto": no short-segment plan of one of the graphs)
+            out.append(None)
+        elif plan.get("planned_cost_bytes", 0) > 0 and \
+                alt.get("planned_cost_bytes") < plan.get("planned_cost_bytes") - 0.01 * plan.get("compulsory_bytes"):
+            note = (f"lattice reads: {', '.join(new)} subsample for the stride-s 1x1 convs that read only "
+                    f"them (planned extra bytes {plan.get('planned_cost_bytes') / 1e6:.1f} -> "
+                    f"{alt.get('planned_cost_bytes') / 1e6:.1f} MB)")
+            out.append(dataclasses.replace(alt, graph=sub, notes=alt.notes + (note,)))
+        else:
+            out.append(plan)
+    return result(out)
 
 
 def _restamp(plan: PolyPlan, t0: float) -> PolyPlan:
@@ -823,7 +850,8 @@ def _restamp(plan: PolyPlan, t0: float) -> PolyPlan:
 
 
 def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool, aligned_layouts: bool,
-                t0: float, lean: bool = True, short_segs: bool = False) -> PolyPlan:
+                t0: float, lean: bool = True, short_segs=False):
+    """One planning (plan_poly's steps); ``short_segs``: False, True or "both" (a pair of plans)."""
     notes: list = []
     base = plan_per_op(graph, config, dtype)
     # weight loads run ahead of their kernels (next-fit SBUF rotation, in-order DMA queues), so the
@@ -1098,17 +1126,158 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
             break
         best = cand
         lo = best[3][-1][1]
+    def finish(best, notes):
+        """The PolyPlan of search result ``best`` (its own copy of the allocation: the concat
+        slices edit it), or None when a cyclic tensor would be read per row band or sub-batch."""
+        best = (best[0], _copy_allocation(best[1])) + tuple(best[2:])
+        cut = best[3][-1][1] if best[3] else 0
+        _, alloc, buffers, segs, rsegs = best
+        alloc.check()
+        sub_k = min((k for _, _, k in segs), default=N)
+        rs_at = {r[0]: r for r in rsegs}
+        band_rows = {}
+        for lo_, hi_, B, sch in rsegs:
+            band_rows.update(dict(sch.cap_rows))
+            notes.append(f"spatial tiling: kernels {lo_}..{hi_ - 1} run in {B} row bands of "
+                         f"{groups[hi_ - 1].output} ({len(sch.steps)} steps; band buffers: "
+                         + (", ".join(f"{t} {r} rows" for t, r in sch.cap_rows) or "none") + ")")
+
+        def emit(lo_, hi_, img=None):
+            """Plan steps of kernels [lo_, hi_) (``img``: the sub-batch (n0, k) they run on)."""
+            out, gi = [], lo_
+            sub = (("images", img),) if img else ()
+            while gi < hi_:
+                if gi not in rs_at:
+                    g = groups[gi]
+                    out.append(g if img is None else GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output,
+                                                               tuple(sorted(g.params + sub))))
+                    gi += 1
+                    continue
+                _, rhi, B, sch = rs_at[gi]
+                last = {st.group: k for k, st in enumerate(sch.steps)}
+                srows = dict(sch.stage_rows)
+                last_read = {t: k for k, st in enumerate(sch.steps) for t, *_ in st.inputs if t in srows}
+                for k, st in enumerate(sch.steps):
+                    g = groups[st.group]
+                    extra_p = (("rows", st.rows), ("origin", st.origin), ("in_rows", st.inputs)) + sub
+                    if st.loads:  # (tensor, rows r0..r1, origin, stage offset, bytes, partitions, rows)
+                        extra_p += (("stage", tuple((t, r0, r1, org, alloc.offset(f"{t}@stage"),
+                                                     alloc.slots[f"{t}@stage"][1], by_name[t].partitions, srows[t])
+                                                    for t, r0, r1, org in st.loads)),)
+                    done_t = tuple(t for t, kk in last_read.items() if kk == k)
+                    if done_t:
+                        extra_p += (("unstage", done_t),)
+                    wn = f"{g.name}/weights"
+                    if wn in alloc.slots:  # (freed after the segment's last band of each sub-batch)
+                        extra_p += (("weight_slot", (alloc.offset(wn), alloc.slots[wn][1], 128, last[st.group] == k)),)
+                    out.append(GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(g.params + extra_p))))
+                gi = rhi
+            return out
+
+        steps = []
+        for lo_, hi_, k in segs:
+            notes.append(f"batch tiling: kernels {lo_}..{hi_ - 1} run per {k} of {N} images "
+                         f"(weights of that segment load {N // k}x)")
+            for n0 in range(0, N, k):
+                steps += emit(lo_, hi_, (n0, k))
+        steps += emit(cut, len(groups))
+
+        placements = [t for t in base.tensors if t.placement == "alias"]
+        resident = set()
+        kept_weights = sorted(n for n in alloc.slots if n not in tm)  # spatial tiling's weight slots
+        for b in buffers:
+            if b.name in alloc.slots and b.name in tm:
+                resident.add(b.name)
+                sg = seg_of(b.start, segs)
+                imgs = sg[2] if sg is not None and b.end < sg[1] else int(tm[b.name].shape[0])
+                placements.append(TensorPlacement(b.name, "sbuf", start_partition=0, num_partitions=b.partitions,
+                                                  offset=alloc.offset(b.name), nbytes=alloc.slots[b.name][1],
+                                                  images=imgs, band_rows=band_rows.get(b.name, 0),
+                                                  cyclic=b.name in cyclic))
+        aliased = {p.name for p in placements}
+        for t in graph.tensors:
+            if t.name not in aliased and not t.is_constant:
+                placements.append(TensorPlacement(t.name, "hbm"))
+        steps = _lane_pairs(steps, resident, graph, root, int(getattr(config, "max_moving_free", 512)), notes)
+        steps = _row_pairs(steps, resident, graph, root, int(getattr(config, "max_moving_free", 512)), notes)
+        slices = _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, notes, cyclic)
+        if slices:
+            outs_ = {v[0] for v in slices.values()}
+            placements = [TensorPlacement(t.name, "alias", alias_of=slices[t.name][0], start_partition=slices[t.name][1],
+                                          num_partitions=slices[t.name][2], plane=slices[t.name][3],
+                                          cyclic=slices[t.name][4]) if t.name in slices else
+                          dataclasses.replace(t, offset=alloc.offset(t.name)) if t.name in outs_ else t
+                          for t in placements]
+            resident -= set(slices)
+
+        floor = None
+        if pm is not None:
+            try:
+                from tvm_poly.queries import compulsory_traffic
+                floor = compulsory_traffic(pm, dtype).total
+            except Exception as e:  # noqa: BLE001
+                notes.append(f"compulsory traffic from the model failed: {e}")
+        if floor is None:
+            floor = sum(int(np.prod(t.shape)) * it for t in graph.tensors
+                        if t.kind in ("input", "weight", "output") or t.name in outputs)
+        inter = [t for t in graph.tensors if t.kind not in ("input", "weight") and t.name not in outputs]
+        info = {
+            "resident": tuple(sorted(resident)),
+            "spilled": tuple(sorted((n, why) for n, why in alloc.spilled.items() if n in tm)),
+            "not_resident": tuple(sorted(why_not.items())),
+            "spill_save_bytes": sum(alloc.buffers[n].save_bytes for n in alloc.spilled if n in tm and n in alloc.buffers),
+            "spill_reload_bytes": sum(alloc.buffers[n].reload_bytes for n in alloc.spilled if n in tm and n in alloc.buffers),
+            "sbuf_peak_bytes": alloc.peak,
+            "sbuf_peak_kernel": alloc.peak_time,
+            "fragmentation": round(alloc.fragmentation, 4),
+            "compulsory_bytes": int(floor),
+            "resident_bytes": sum(b.save_bytes for b in buffers if b.name in resident),
+            "intermediate_bytes": sum(int(np.prod(t.shape)) * it for t in inter if root(t.name) == t.name),
+            "polyhedral_model": pm is not None,
+            "planner_seconds": round(time.perf_counter() - t0, 3),
+        }
+        info["planned_cost_bytes"] = int(min(best[0], 1 << 62))  # spill + extra bytes (+ kernel-call cost)
+        info["batch_tiling"] = (sub_k, cut)
+        info["batch_segments"] = tuple(segs)
+        info["extra_weight_bytes"] = sum((N // k - 1) * sum(wbytes[lo_:hi_]) for lo_, hi_, k in segs) + \
+            sum(passes_of(lo_, segs) * (B - 1) * wbytes[j] for lo_, hi_, B, _ in rsegs
+                for j in range(lo_, hi_) if f"{groups[j].name}/weights" not in alloc.slots)
+        info["row_segments"] = tuple((lo_, hi_, B) for lo_, hi_, B, _ in rsegs)
+        info["band_weights_kept"] = tuple(kept_weights)
+        info["aligned_rows"] = tuple(sorted(aligned.items()))
+        if cyclic and any((g.param("rows") is not None or g.param("images")) and
+                          any(root(t) in cyclic for t in tuple(g.inputs) + (g.output,)) for g in steps):
+            return None  # (the caller plans again without the cyclic layout)
+        return PolyPlan("poly", dtype, tuple(placements), tuple(steps), info=tuple(sorted(info.items())),
+                        notes=tuple(notes), _allocation=alloc, _kernels=tuple(g.tag for g in groups))
+
+    # spatial tiling, per flavour: "first" (one pass) and/or "short" (then the short-segment pass,
+    # plan_poly's ``short_segments``): both come from one planning (the short pass starts from the
+    # first pass's result, so "both" costs the short passes only); "auto": both unless concats take
+    # aligned layouts (the driver then lowers the plan without them too, and a short-segment
+    # alternative comes from the plan it keeps: the short passes here could be wasted)
+    pair = short_segs in ("both", "auto")
+    want = ("first", "short") if short_segs == "both" or (short_segs == "auto" and not aligned) else \
+        ("first",) if short_segs == "auto" else ("short",) if short_segs else ("first",)
+
+    def tiled(start, flavours):
+        f1 = _spatial_tiling(start, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers,
+                             root, outputs, notes)
+        out = {"first": f1}
+        if "short" in flavours:
+            out["short"] = _spatial_tiling(f1, variant, graph, groups, buffers, pm, arrays, node_ops, members,
+                                           readers, root, outputs, notes, short_pass=True)
+        return out
+    bests = {f: best for f in want}
     if best[1].spilled and pm is not None:
-        best = _spatial_tiling(best, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers,
-                               root, outputs, notes, short_segs)
+        bests = {f: b for f, b in tiled(best, want).items() if f in want}
     if best[3] and untiled[1].spilled and pm is not None:
         # spatial tiling instead of batch tiling (whole batch per band: weights per band, not per
         # sub-batch); the cheaper of the two wins
-        alt = _spatial_tiling(untiled, variant, graph, groups, buffers, pm, arrays, node_ops, members, readers,
-                              root, outputs, notes, short_segs)
-        if alt[0] < best[0]:
-            best = alt
-    if N > 1 and not best[3] and sep and best[1].spilled and pm is not None:
+        alt = tiled(untiled, want)
+        bests = {f: alt[f] if alt[f][0] < b[0] else b for f, b in bests.items()}
+    more = [f for f, b in bests.items() if N > 1 and not b[3] and sep and b[1].spilled and pm is not None]
+    if more:
         # batch tiling that pays only with spatial tiling inside it (a sub-batch's activations
         # still spill, e.g. VGG's 224 x 224 layers): a prefix per sub-batch, then row bands; the
         # prefix ends where a kernel shrinks the rows (later layers: small activations, large
@@ -1121,128 +1290,17 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
         for k in divisors:
             for hi in cuts:
                 c, al, bs = variant([(0, hi, k)])
-                alt = _spatial_tiling((c, al, bs, [(0, hi, k)], []), variant, graph, groups, buffers, pm, arrays,
-                                      node_ops, members, readers, root, outputs, notes, short_segs)
-                if alt[0] < best[0]:
-                    best = alt
-    cut = best[3][-1][1] if best[3] else 0
-    _, alloc, buffers, segs, rsegs = best
-    alloc.check()
-    sub_k = min((k for _, _, k in segs), default=N)
-    rs_at = {r[0]: r for r in rsegs}
-    band_rows = {}
-    for lo_, hi_, B, sch in rsegs:
-        band_rows.update(dict(sch.cap_rows))
-        notes.append(f"spatial tiling: kernels {lo_}..{hi_ - 1} run in {B} row bands of "
-                     f"{groups[hi_ - 1].output} ({len(sch.steps)} steps; band buffers: "
-                     + (", ".join(f"{t} {r} rows" for t, r in sch.cap_rows) or "none") + ")")
-
-    def emit(lo_, hi_, img=None):
-        """Plan steps of kernels [lo_, hi_) (``img``: the sub-batch (n0, k) they run on)."""
-        out, gi = [], lo_
-        sub = (("images", img),) if img else ()
-        while gi < hi_:
-            if gi not in rs_at:
-                g = groups[gi]
-                out.append(g if img is None else GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output,
-                                                           tuple(sorted(g.params + sub))))
-                gi += 1
-                continue
-            _, rhi, B, sch = rs_at[gi]
-            last = {st.group: k for k, st in enumerate(sch.steps)}
-            srows = dict(sch.stage_rows)
-            last_read = {t: k for k, st in enumerate(sch.steps) for t, *_ in st.inputs if t in srows}
-            for k, st in enumerate(sch.steps):
-                g = groups[st.group]
-                extra_p = (("rows", st.rows), ("origin", st.origin), ("in_rows", st.inputs)) + sub
-                if st.loads:  # (tensor, rows r0..r1, origin, stage offset, bytes, partitions, rows)
-                    extra_p += (("stage", tuple((t, r0, r1, org, alloc.offset(f"{t}@stage"),
-                                                 alloc.slots[f"{t}@stage"][1], by_name[t].partitions, srows[t])
-                                                for t, r0, r1, org in st.loads)),)
-                done_t = tuple(t for t, kk in last_read.items() if kk == k)
-                if done_t:
-                    extra_p += (("unstage", done_t),)
-                wn = f"{g.name}/weights"
-                if wn in alloc.slots:  # (freed after the segment's last band of each sub-batch)
-                    extra_p += (("weight_slot", (alloc.offset(wn), alloc.slots[wn][1], 128, last[st.group] == k)),)
-                out.append(GroupPlan(g.name, g.kind, g.ops, g.inputs, g.output, tuple(sorted(g.params + extra_p))))
-            gi = rhi
-        return out
-
-    steps = []
-    for lo_, hi_, k in segs:
-        notes.append(f"batch tiling: kernels {lo_}..{hi_ - 1} run per {k} of {N} images "
-                     f"(weights of that segment load {N // k}x)")
-        for n0 in range(0, N, k):
-            steps += emit(lo_, hi_, (n0, k))
-    steps += emit(cut, len(groups))
-
-    placements = [t for t in base.tensors if t.placement == "alias"]
-    resident = set()
-    kept_weights = sorted(n for n in alloc.slots if n not in tm)  # spatial tiling's weight slots
-    for b in buffers:
-        if b.name in alloc.slots and b.name in tm:
-            resident.add(b.name)
-            sg = seg_of(b.start, segs)
-            imgs = sg[2] if sg is not None and b.end < sg[1] else int(tm[b.name].shape[0])
-            placements.append(TensorPlacement(b.name, "sbuf", start_partition=0, num_partitions=b.partitions,
-                                              offset=alloc.offset(b.name), nbytes=alloc.slots[b.name][1],
-                                              images=imgs, band_rows=band_rows.get(b.name, 0),
-                                              cyclic=b.name in cyclic))
-    aliased = {p.name for p in placements}
-    for t in graph.tensors:
-        if t.name not in aliased and not t.is_constant:
-            placements.append(TensorPlacement(t.name, "hbm"))
-    steps = _lane_pairs(steps, resident, graph, root, int(getattr(config, "max_moving_free", 512)), notes)
-    steps = _row_pairs(steps, resident, graph, root, int(getattr(config, "max_moving_free", 512)), notes)
-    slices = _concat_slices(groups, alloc, resident, graph, root, segs, rsegs, steps, notes, cyclic)
-    if slices:
-        outs_ = {v[0] for v in slices.values()}
-        placements = [TensorPlacement(t.name, "alias", alias_of=slices[t.name][0], start_partition=slices[t.name][1],
-                                      num_partitions=slices[t.name][2], plane=slices[t.name][3],
-                                      cyclic=slices[t.name][4]) if t.name in slices else
-                      dataclasses.replace(t, offset=alloc.offset(t.name)) if t.name in outs_ else t
-                      for t in placements]
-        resident -= set(slices)
-
-    floor = None
-    if pm is not None:
-        try:
-            from tvm_poly.queries import compulsory_traffic
-            floor = compulsory_traffic(pm, dtype).total
-        except Exception as e:  # noqa: BLE001
-            notes.append(f"compulsory traffic from the model failed: {e}")
-    if floor is None:
-        floor = sum(int(np.prod(t.shape)) * it for t in graph.tensors
-                    if t.kind in ("input", "weight", "output") or t.name in outputs)
-    inter = [t for t in graph.tensors if t.kind not in ("input", "weight") and t.name not in outputs]
-    info = {
-        "resident": tuple(sorted(resident)),
-        "spilled": tuple(sorted((n, why) for n, why in alloc.spilled.items() if n in tm)),
-        "not_resident": tuple(sorted(why_not.items())),
-        "spill_save_bytes": sum(alloc.buffers[n].save_bytes for n in alloc.spilled if n in tm and n in alloc.buffers),
-        "spill_reload_bytes": sum(alloc.buffers[n].reload_bytes for n in alloc.spilled if n in tm and n in alloc.buffers),
-        "sbuf_peak_bytes": alloc.peak,
-        "sbuf_peak_kernel": alloc.peak_time,
-        "fragmentation": round(alloc.fragmentation, 4),
-        "compulsory_bytes": int(floor),
-        "resident_bytes": sum(b.save_bytes for b in buffers if b.name in resident),
-        "intermediate_bytes": sum(int(np.prod(t.shape)) * it for t in inter if root(t.name) == t.name),
-        "polyhedral_model": pm is not None,
-        "planner_seconds": round(time.perf_counter() - t0, 3),
-    }
-    info["planned_cost_bytes"] = int(min(best[0], 1 << 62))  # spill + extra bytes (+ kernel-call cost)
-    info["batch_tiling"] = (sub_k, cut)
-    info["batch_segments"] = tuple(segs)
-    info["extra_weight_bytes"] = sum((N // k - 1) * sum(wbytes[lo_:hi_]) for lo_, hi_, k in segs) + \
-        sum(passes_of(lo_, segs) * (B - 1) * wbytes[j] for lo_, hi_, B, _ in rsegs
-            for j in range(lo_, hi_) if f"{groups[j].name}/weights" not in alloc.slots)
-    info["row_segments"] = tuple((lo_, hi_, B) for lo_, hi_, B, _ in rsegs)
-    info["band_weights_kept"] = tuple(kept_weights)
-    info["aligned_rows"] = tuple(sorted(aligned.items()))
-    if cyclic and any((g.param("rows") is not None or g.param("images")) and
-                      any(root(t) in cyclic for t in tuple(g.inputs) + (g.output,)) for g in steps):
-        # the cyclic layout is not read per row band or sub-batch: plan without it
+                alt = tiled((c, al, bs, [(0, hi, k)], []), more)
+                for f in more:
+                    if alt[f][0] < bests[f][0]:
+                        bests[f] = alt[f]
+    plans = {f: finish(bests[f], list(notes)) for f in want}
+    need = [f for f in want if plans[f] is None]
+    # the cyclic layout is not read per row band or sub-batch: plan without it (once for both
+    # flavours when both need it)
+    if pair and len(need) == len(want):
         return _plan_graph(graph, config, dtype, model, False, aligned_layouts, t0, lean, short_segs)
-    return PolyPlan("poly", dtype, tuple(placements), tuple(steps), info=tuple(sorted(info.items())),
-                    notes=tuple(notes), _allocation=alloc, _kernels=tuple(g.tag for g in groups))
+    for f in need:
+        plans[f] = _plan_graph(graph, config, dtype, model, False, aligned_layouts, t0, lean, f == "short")
+    return (plans["first"], plans.get("short")) if pair else plans[want[0]]
+
