@@ -66,9 +66,16 @@ def _reduce_row_split(em: Emitter, x: Value, out: Value, L: int, op: str, rop: s
     """Many short rows in HBM (SqueezeNet's global pool at batch 8: 8000 rows of 169): partition p
     takes the T consecutive rows [p*T, (p+1)*T), so the loads are runs of several rows and the
     results leave as ONE [P, T] DMA instead of a 4-byte row per partition and 128-row tile
-    (which cost ~60 ns a row: 63 x 7.7 us of queue time there).  Returns the rows done (P*T)."""
+    (which cost ~60 ns a row: 63 x 7.7 us of queue time there).  Returns the rows done (P*T; 0
+    when the tiles do not fit the free SBUF range: the 128-row tiles below then do it all)."""
     P = em.partitions
-    tc = max(1, min(T, CHUNK_BYTES // (L * it)))
+    # BUFS row tiles and the [P, T] results within the free range (inf1's 64 KiB partitions),
+    # with a tile's worth of slack: the allocator places tiles where their region frees first,
+    # not packed from one end of the largest range
+    room = em.sbuf.largest_free() - T * 4 - 256
+    tc = min(T, CHUNK_BYTES // (L * it), room // ((BUFS + 1) * L * it))
+    if tc < 1:
+        return 0
     xin = em.pool("sbuf", P, tc * L * it, cdt, BUFS, "red_x")
     res = em.sbuf_tile(P, T * 4, "fp32", "red_res")
     for t0 in range(0, T, tc):
