@@ -83,8 +83,8 @@ def resident_kinds_problem(producer, readers, name, tm, root) -> str:
             ax = u.param("axis")
             rank = len(shape)
             axes = sorted({(int(a) + rank) % rank for a in ax}) if ax is not None and len(ax) else list(range(rank))
-            if rank != 4 or axes != [2, 3] or int(shape[0]) != 1:
-                return f"{u.kind} over axes {axes} of {tuple(shape)} is not a single-image plane reduction"
+            if rank != 4 or axes != [2, 3]:
+                return f"{u.kind} over axes {axes} of {tuple(shape)} is not a plane reduction"
         if u.kind == "matmul":
             a = u.inputs[0]
             if root(a) != name or any(root(i) == name for i in u.inputs[1:]) or \
