@@ -6,7 +6,9 @@
 Prints, per target config: the cells where activations dominate (per-op > 1.5x the compulsory
 floor), how many of them ``poly`` moves >= 2x fewer HBM bytes than ``per-op`` in, and the misses
 (marked unreachable where per-op is within 2x of the floor);
-then ResNet-50 b1 bf16 inf2 (bytes / floor, latency / bound); with ``--extract`` an extract table
+then how many cells run within 1.15x of their latency bound (and the median / geometric mean /
+worst poly/bound), ResNet-50 b1 bf16 inf2 (bytes / floor, latency / bound); with ``--extract`` an
+extract table
 (model, per-op MB, poly MB, floor MB, per-op/poly, poly us, bound us, poly/bound) for one
 target:dtype:batch.
 """
@@ -47,6 +49,13 @@ def main(argv=None) -> int:
                 why = " (unreachable: per-op < 2x floor)" if float(r["per-op/floor"]) < 2.0 else ""
                 print(f"    miss: {r['model']} b{r['batch']} {r['dtype']}: per-op/poly {r['per-op/poly']} "
                       f"(per-op {r['per-op HBM MB']} MB, poly {r['poly HBM MB']} MB, floor {r['floor MB']} MB){why}")
+    pb = sorted(float(r["poly/bound"]) for r in rows)
+    if pb:
+        import math
+        within = sum(x <= 1.15 for x in pb)
+        gm = math.exp(sum(math.log(x) for x in pb) / len(pb))
+        print(f"latency: poly within 1.15x of its bound in {within} of {len(pb)} cells; poly/bound median "
+              f"{pb[len(pb) // 2]:.2f}, geometric mean {gm:.2f}, worst {pb[-1]:.2f}")
     for r in rows:
         if (r["model"], r["batch"], r["target"], r["dtype"]) == ("resnet50", "1", "inf2", "bfloat16"):
             print(f"resnet50 b1 inf2 bf16: poly {r['poly HBM MB']} MB = {r['poly/floor']}x floor; "
