@@ -289,3 +289,25 @@ def test_global_mean_reads_a_resident_batch_in_place(N, C):
     ref = np.maximum(np.einsum("kc,nchw->nkhw", wv[:, :, 0, 0].astype(np.float64), xv), 0).mean(axis=(2, 3), keepdims=True)
     assert rel_err(outs[m], ref) <= 1e-5
     assert rep.hbm_write_bytes == N * C * 4  # only the means leave the chip
+
+
+def test_compulsory_floor_is_the_graphs_inputs_weights_and_outputs():
+    """A dropout (an identity the Relax form of the graph cannot express) is a fresh parameter of
+    the polyhedral model, so its input was counted as a model output and its output as a model
+    input: SqueezeNet's floor was 3.5 MB where its inputs, weights and outputs are 2.8 MB.  The
+    plan's floor counts only the graph's own inputs, weights and outputs."""
+    from tests.codegen_util import GraphBuilder
+    from tvm_poly.driver import compile_graph
+
+    rng = np.random.default_rng(6)
+    b = GraphBuilder()
+    x = b.input("x", (1, 16, 8, 8))
+    w1 = b.const("w1", rng.standard_normal((32, 16, 1, 1)))
+    w2 = b.const("w2", rng.standard_normal((8, 32, 1, 1)))
+    kw = dict(strides=(1, 1), padding=(0, 0, 0, 0), groups=1, dilation=(1, 1))
+    y = b.op("conv2d", [x, w1], (1, 32, 8, 8), **kw)
+    d = b.op("dropout", [y], (1, 32, 8, 8))
+    z = b.op("conv2d", [d, w2], (1, 8, 8, 8), **kw)
+    cp = compile_graph(b.build(z), "inf2", planner="poly", dtype="bfloat16")
+    assert any("outside the polyhedral model" in n for n in cp.plan.notes)
+    assert cp.plan.get("compulsory_bytes") == (16 * 64 + 32 * 16 + 8 * 32 + 8 * 64) * 2
