@@ -101,7 +101,7 @@ def _reduce_resident(em: Emitter, x: Value, out: Value, L: int, op: str, rop: st
     is element n*T + t of partition p."""
     rows = x.sbuf.partitions
     N = max(1, x.images)
-    if (N > 1 and x.cyclic) or x.size % (rows * N) or (x.size // N // rows) % L:
+    if (N > 1 and (x.cyclic or N != int(x.shape[0]))) or x.size % (rows * N) or (x.size // N // rows) % L:
         raise CodegenError(f"reduction of resident {x.name} {x.shape}: its layout ({rows} partitions"
                            f"{f', {N} images' if N > 1 else ''}) does not hold whole rows of {L} elements")
     T = x.size // N // rows // L
