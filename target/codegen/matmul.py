@@ -57,9 +57,11 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
     if KT * NC * it * (1 if NC == N else 2) > budget:
         raise CodegenError(f"matmul: B [{Kd}, {N}] chunk does not fit SBUF")
     nchunks = -(-N // NC)
+    # A^T by DMA for a few rows; a cyclic contraction map (Kd not a multiple of its planes) has
+    # no run longer than one element per partition that way, so it takes the transpose path
+    small = M <= SMALL_M and (blocked or KT == 1)
     em.note(k_tiles=KT, k_blocked=blocked, n_chunk=NC, n_chunks=nchunks, m_tiles=-(-M // P),
-            a_transpose=("resident" if a.sbuf is not None and M == 1 else
-                         "dma" if M <= SMALL_M and (blocked or KT == 1) else "tensor"))
+            a_transpose=("resident" if a.sbuf is not None and M == 1 else "dma" if small else "tensor"))
     bpool = em.pool("sbuf", parts, KT * NC * it, cdt, 2 if nchunks > 1 else 1, "mm_b")
     chunked = None
     if nchunks > 1 and b_value is not None and const is not None:
@@ -93,9 +95,6 @@ def matmul(em: Emitter, a: Value, b: Value, out: Value, bias: Value = None, func
     # ---- A^T for every M tile (kept for all column chunks)
     MT = -(-M // P)
     at_tiles = []
-    # A^T by DMA for a few rows; a cyclic contraction map (Kd not a multiple of its planes) has
-    # no run longer than one element per partition that way, so it takes the transpose path
-    small = M <= SMALL_M and (blocked or KT == 1)
     # an SBUF-resident A row (M = 1, e.g. a global pool's output feeding the classifier) already
     # is A^T in the row-split layout: channel p*KT + j on partition p at element j = [j][m]
     in_place = a.sbuf is not None and a.base is None and M == 1 and a.images == 1 and \

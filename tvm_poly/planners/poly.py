@@ -94,19 +94,16 @@ def resident_kinds_problem(producer, readers, name, tm, root) -> str:
 _MODELS: dict = {}  # id(graph) -> (graph, PolyModel)
 
 
-def _model_floor(traffic, graph: OpGraph) -> int:
-    """The compulsory bytes of ``traffic`` (``queries.compulsory_traffic`` of the graph's PolyModel)
-    that are the graph's own inputs, weights and outputs.  A node the Relax form cannot express
-    (``fused._relax_of``: dropout, identity) is a fresh parameter there, so its output counts as a
-    model input and its input as a model output; those are intermediates of the graph, not
-    compulsory traffic (they made SqueezeNet's floor 3.5 MB where its inputs, weights and
-    outputs are 2.8 MB, and the poly plan "beat" it)."""
-    from tvm_poly.planners.fused import _PFX
-
-    def m(name):
-        return name.replace("/", "_")
-    real = {m(n) for n in graph.inputs} | {m(t.name) for t in graph.tensors if t.kind == "weight"}
-    real |= {m(o) for o in graph.outputs} | {_PFX + m(o) for o in graph.outputs}
+def _model_floor(traffic, graph: OpGraph, pm) -> int:
+    """The compulsory bytes of ``traffic`` (``queries.compulsory_traffic`` of the graph's PolyModel
+    ``pm``) that are the graph's own inputs, weights and outputs.  A node the Relax form cannot
+    express (``fused._relax_of``: dropout, identity) is a fresh parameter there, so its output
+    counts as a model input and its input as a model output; those are intermediates of the
+    graph, not compulsory traffic (they made SqueezeNet's floor 3.5 MB where its inputs, weights
+    and outputs are 2.8 MB, and the poly plan "beat" it)."""
+    arrays = model_names(graph, pm)[0]
+    own = set(graph.inputs) | set(graph.outputs) | {t.name for t in graph.tensors if t.kind == "weight"}
+    real = {arrays[n] for n in own if n in arrays}
     return int(sum(b for name, kind, b in traffic.detail if kind == "weight" or name in real))
 
 
@@ -1230,7 +1227,7 @@ def _plan_graph(graph: OpGraph, config, dtype: str, model, cyclic_layouts: bool,
         if pm is not None:
             try:
                 from tvm_poly.queries import compulsory_traffic
-                floor = _model_floor(compulsory_traffic(pm, dtype), graph)
+                floor = _model_floor(compulsory_traffic(pm, dtype), graph, pm)
             except Exception as e:  # noqa: BLE001
                 notes.append(f"compulsory traffic from the model failed: {e}")
         if floor is None:
